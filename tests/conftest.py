@@ -6,15 +6,33 @@ Every test writes under pytest's temporary directories; nothing lands in the che
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+# Hypothesis keeps its caches and no example database in the temp dir: tests never write into the checkout.
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = tempfile.mkdtemp(prefix="loopline-hypothesis-")
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+hypothesis_settings.register_profile("loopline", database=None)
+hypothesis_settings.load_profile("loopline")
+
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# Airflow reads its configuration when first imported: give the whole test session its own home
+# (SQLite metadata, logs) under the system temp dir, and the project's DAGs and plugins.
+CHECKOUT = Path(__file__).resolve().parents[1]
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="loopline-airflow-home-")
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(CHECKOUT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(CHECKOUT / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(Path(_AIRFLOW_HOME) / "logs")
 
 SHARED_DATA = Path(os.environ.get("LOOPLINE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 POSTGRES_ADMIN_URL = os.environ.get("LOOPLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
