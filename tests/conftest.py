@@ -105,3 +105,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"real data folder {SHARED_DATA} is missing; it ships beside the checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """The test session's Airflow metadata database (SQLite in its AIRFLOW_HOME), migrated once."""
+    import subprocess
+    import sys
+
+    airflow = Path(sys.executable).with_name("airflow")
+    completed = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return os.environ["AIRFLOW_HOME"]
