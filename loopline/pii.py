@@ -47,18 +47,21 @@ _IPV4 = re.compile(rf"(?<![0-9A-Za-z.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9A-Za-z]
 
 # Runs of digit groups (3+ digits each) joined by single spaces or dashes; the callback picks the
 # span of 13-19 digits that passes Luhn.
-_CARD_CANDIDATE = re.compile(r"(?<![0-9A-Za-z.,+])[0-9]{3,}(?:[ \-][0-9]{3,})*(?![0-9A-Za-z])")
+_CARD_CANDIDATE = re.compile(
+    r"(?<![0-9A-Za-z.,+])(?<![0-9A-Za-z]-)[0-9]{3,}(?:[ \-][0-9]{3,})*(?![0-9A-Za-z]|-[0-9A-Za-z])"
+)
 _CARD_SEPARATOR = re.compile(r"[ \-]")
 
+# A phone number never continues a hyphen-joined token: "07685387-7876-4bee-..." is a UUID.
 _PHONE = re.compile(
-    r"(?<![0-9A-Za-z+])(?:"
+    r"(?<![0-9A-Za-z+])(?<![0-9A-Za-z]-)(?:"
     # International: +<country code> then digit groups, optionally "(0)" or "(30)".
     r"\+[1-9][0-9]{0,3}(?:[ .\-/]?(?:\([0-9]{1,4}\)|[0-9]++))++"
     # North American: optional 1, area code (in brackets or not), exchange, 4-digit line.
     r"|(?:1[ .\-]?)?(?:\([2-9][0-9]{2}\)[ .\-]?|[2-9][0-9]{2}[ .\-])[0-9]{3}[ .\-][0-9]{4}"
     # National with trunk prefix 0: "0171 2345678", "(030) 1234567", "030/12345678".
     r"|(?:\(0[0-9]{1,4}\)|0[0-9]{1,4})(?:[ /\-]?[0-9]{2,8}){1,3}"
-    r")(?![0-9A-Za-z])"
+    r")(?![0-9A-Za-z]|-[0-9A-Za-z])"
 )
 _INTERNATIONAL_DIGITS = (7, 15)  # E.164 allows at most 15 digits
 _NATIONAL_DIGITS = (9, 13)

@@ -221,3 +221,17 @@ def test_pseudonym_properties(user_id: str, key: bytes, other_key: bytes) -> Non
     assert user_id not in pseudonym[2:] or len(user_id) < 3
     if other_key != key:
         assert pseudonymize(user_id, other_key) != pseudonym
+
+
+def test_uuids_are_never_taken_for_phone_numbers():
+    import random
+    import uuid
+
+    from loopline.pii import contains_pii
+
+    generator = random.Random(0)
+    flagged = [
+        text for text in (str(uuid.UUID(int=generator.getrandbits(128))) for _ in range(50_000)) if contains_pii(text)
+    ]
+    assert flagged == []
+    assert contains_pii("07685387-7876-4bee-8a3c-000000000000 or call 0171 2345678")
