@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from loopline.config import ConfigError, settings
 
 # Modules whose register_cli adds sub-commands, in the order `loopline --help` lists them.
-COMMAND_MODULES = ("loopline.simulate", "loopline.ingest", "loopline.importers", "loopline.transform")
+COMMAND_MODULES = (
+    "loopline.simulate",
+    "loopline.ingest",
+    "loopline.importers",
+    "loopline.transform",
+    "loopline.features",
+)
 
 
 def _config_show(args: argparse.Namespace) -> int:
