@@ -1,0 +1,79 @@
+"""Feast's SQLite online store (local profile) with a leaner read path.
+
+Feast 0.67's ``SqliteOnlineStore.online_read`` sorts the rows, groups them with ``itertools``, and
+converts every row's timestamp through a registered ``sqlite3`` converter; for one user and 100
+items (about 1,100 rows) that is half of a lookup's CPU time and keeps the p99 above 10 ms. This
+subclass reads the same table with one query, skips the per-row conversions (the stored integer is
+turned into the same datetime once per entity), and only fetches the requested features. Writes,
+table management and the on-disk layout are Feast's, unchanged. Configure it with
+``online_store: {type: loopline.features.sqlite_store.LooplineSqliteOnlineStore, path: ...}``
+(Feast resolves a dotted type to this class and its ``...Config``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Literal
+
+from feast import FeatureView
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig, _quote_id, _table_id
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.repo_config import RepoConfig
+
+STORE_TYPE = "loopline.features.sqlite_store.LooplineSqliteOnlineStore"
+
+
+class LooplineSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
+    """Same settings as Feast's SQLite online store (``path``)."""
+
+    type: Literal["loopline.features.sqlite_store.LooplineSqliteOnlineStore"] = STORE_TYPE
+
+
+class LooplineSqliteOnlineStore(SqliteOnlineStore):
+    """``SqliteOnlineStore`` whose ``online_read`` returns the same values with less work per row."""
+
+    def online_read(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        entity_keys: list[EntityKeyProto],
+        requested_features: Sequence[str] | None = None,
+    ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+        if not entity_keys:
+            return []
+        version = config.entity_key_serialization_version
+        keys = [serialize_entity_key(key, entity_key_serialization_version=version) for key in entity_keys]
+        name = _quote_id(_table_id(config.project, table, config.registry.enable_online_feature_view_versioning))
+        # "event_ts + 0" has no declared type, so sqlite3 hands back the stored integer unconverted.
+        sql = f"SELECT entity_key, feature_name, value, event_ts + 0 FROM {name} WHERE entity_key IN ({_marks(keys)})"
+        parameters: list = list(keys)
+        if requested_features:
+            sql += f" AND feature_name IN ({_marks(requested_features)})"
+            parameters += list(requested_features)
+        found: dict[bytes, list] = {}
+        parse = ValueProto.FromString
+        for key, feature, value, stamp in self._get_conn(config).execute(sql, parameters).fetchall():
+            entry = found.get(key)
+            if entry is None:
+                entry = found[key] = [stamp, {}]
+            elif stamp is not None and (entry[0] is None or stamp > entry[0]):
+                entry[0] = stamp
+            entry[1][feature] = parse(value)
+        return [_entry(found.get(key)) for key in keys]
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
+def _entry(entry: list | None) -> tuple[datetime | None, dict[str, ValueProto] | None]:
+    if entry is None:
+        return None, None
+    stamp, values = entry
+    # Exactly Feast's conversion (naive local time from the epoch, then labelled UTC), so both
+    # read paths return the same datetime on any machine time zone.
+    moment = None if stamp is None else datetime.fromtimestamp(int(stamp)).replace(tzinfo=UTC)
+    return moment, values
