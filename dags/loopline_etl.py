@@ -5,6 +5,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag
 from loopline_airflow.assets import FEATURES
+from loopline_airflow.operators.features import FeastApplyOperator, FeastMaterializeOperator
 from loopline_airflow.operators.ingest import IngestLogsOperator
 from loopline_airflow.operators.transform import DbtBuildOperator
 
@@ -20,6 +21,11 @@ Daily, on real data intervals: the run for day D starts after D ends and process
 2. **dbt_build** builds staging -> intermediate -> marts for the day (`training_examples`,
    `user_features`, `item_features`), replacing that day and the late-event lookback, and runs
    every dbt test; a failing model or test fails the task and is named in its log.
+
+3. **feast_apply** registers `feature_repo/` (idempotent; runs beside the ingest).
+4. **materialize_features** loads the interval's feature snapshots into the online store with
+   Feast's `materialize(start - 1 h, end)` (never `materialize_incremental`), exporting them from
+   the warehouse to the offline store first in the local profile.
 
 On success it updates the **loopline_features** Asset, which schedules `loopline_retrain`.
 Re-running a day, or a backfill, gives identical tables (every step replaces its partition).
@@ -64,9 +70,11 @@ def loopline_etl():
     build = DbtBuildOperator(
         task_id="dbt_build",
         dbt_vars={"attribution_window_minutes": "{{ params.attribution_window_minutes }}"},
-        outlets=[FEATURES],
     )
-    ingest >> build
+    register = FeastApplyOperator(task_id="feast_apply")
+    materialize = FeastMaterializeOperator(task_id="materialize_features", outlets=[FEATURES])
+    ingest >> build >> materialize
+    register >> materialize
 
 
 loopline_etl()

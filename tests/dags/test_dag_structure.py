@@ -22,15 +22,19 @@ def edges(dag) -> set[tuple[str, str]]:
     return {(task.task_id, downstream) for task in dag.tasks for downstream in task.downstream_task_ids}
 
 
-def test_etl_dag_ingests_then_builds_then_emits_the_features_asset(dags):
+def test_etl_dag_ingests_builds_materializes_then_emits_the_features_asset(dags):
     from airflow.sdk import CronDataIntervalTimetable
     from loopline_airflow.assets import FEATURES
 
     dag = dags["loopline_etl"]
-    assert {t.task_id for t in dag.tasks} == {"ingest_logs", "dbt_build"}
-    assert edges(dag) == {("ingest_logs", "dbt_build")}
+    assert {t.task_id for t in dag.tasks} == {"ingest_logs", "dbt_build", "feast_apply", "materialize_features"}
+    assert edges(dag) == {
+        ("ingest_logs", "dbt_build"),
+        ("dbt_build", "materialize_features"),
+        ("feast_apply", "materialize_features"),
+    }
     assert isinstance(dag.timetable, CronDataIntervalTimetable), "daily runs need real data intervals"
     assert dag.catchup is False
-    last = dag.get_task("dbt_build")
-    assert FEATURES in last.outlets
+    assert FEATURES in dag.get_task("materialize_features").outlets
+    assert all(FEATURES not in task.outlets for task in dag.tasks if task.task_id != "materialize_features")
     assert set(dag.params.keys()) == {"quarantine_threshold", "attribution_window_minutes"}

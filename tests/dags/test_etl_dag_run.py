@@ -71,6 +71,9 @@ def test_etl_runs_are_idempotent_backfills_agree_and_labels_match_the_truth(airf
             """
         )
         runs = warehouse.scalar("select count(*) from ingest_runs where status = 'succeeded'")
+        active_user, active_item = warehouse.query(
+            "select user_id, item_id from training_examples where event_date = ? limit 1", [days[2]]
+        )[0]
     truth = pq.read_table(Path(summary.truth_dir) / "oracle").to_pandas()
     truth = truth[truth["event_at"] < datetime(2024, 5, 4, tzinfo=truth["event_at"].dt.tz)]
 
@@ -79,3 +82,10 @@ def test_etl_runs_are_idempotent_backfills_agree_and_labels_match_the_truth(airf
     # The simulator's truth counts every click, late ones too; the 30-minute window keeps nearly all.
     assert 0.9 * truth["clicked"].sum() <= labelled_clicks <= truth["clicked"].sum()
     assert runs == 5
+
+    # The last run materialized the online store: the day's active entities have features there.
+    from loopline.features import online
+
+    served = online(active_user, [active_item, "never-seen-item"])
+    assert list(served.missing_users) == []
+    assert list(served.missing_items) == ["never-seen-item"]
