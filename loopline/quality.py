@@ -98,9 +98,9 @@ def _numeric_bins(reference: np.ndarray, current: np.ndarray, bins: int) -> tupl
     ref_values = reference[~ref_missing]
     cur_values = current[~cur_missing]
     finite = ref_values[np.isfinite(ref_values)]
-    if finite.size == 0:
-        raise ValueError("reference has no finite values to take quantile bin edges from")
-    edges = np.unique(np.quantile(finite, np.arange(1, bins) / bins))
+    # A reference with no values at all (a feature that did not exist yet, e.g. on the first day)
+    # gets a single value bin: the comparison is then between missing and present shares.
+    edges = np.unique(np.quantile(finite, np.arange(1, bins) / bins)) if finite.size else np.empty(0)
     ref_counts = np.bincount(np.searchsorted(edges, ref_values, side="right"), minlength=edges.size + 1)
     cur_counts = np.bincount(np.searchsorted(edges, cur_values, side="right"), minlength=edges.size + 1)
     bounds = [-math.inf, *edges.tolist(), math.inf]
@@ -116,8 +116,7 @@ def _categorical_bins(reference: pd.Series, current: pd.Series) -> tuple[np.ndar
     ref_missing = reference.isna()
     cur_missing = current.isna()
     ref_counts_by_value = reference[~ref_missing].value_counts(sort=False)
-    if ref_counts_by_value.empty:
-        raise ValueError("reference has no non-missing values to take categories from")
+    # No reference values (a feature new in this window): every current value counts as unseen.
     categories = sorted(ref_counts_by_value.index, key=str)
     cur_values = current[~cur_missing]
     cur_counts_by_value = cur_values.value_counts(sort=False)

@@ -89,3 +89,21 @@ def test_etl_runs_are_idempotent_backfills_agree_and_labels_match_the_truth(airf
     served = online(active_user, [active_item, "never-seen-item"])
     assert list(served.missing_users) == []
     assert list(served.missing_items) == ["never-seen-item"]
+
+    # The retrain DAG's gates run on the same warehouse: each returns a full decision record.
+    from datetime import UTC
+
+    from loopline_airflow.operators.gates import DataQualityGateOperator, DriftGateOperator
+
+    last_day_end = datetime(2024, 5, 4, tzinfo=UTC)
+    context = {"data_interval_start": last_day_end - timedelta(days=1), "data_interval_end": last_day_end}
+    quality = DataQualityGateOperator(task_id="quality_gate", window_days=1, fail_on_block=False).execute(context)
+    drift = DriftGateOperator(task_id="drift_gate", window_days=1, fail_on_block=False).execute(context)
+    for decision in (quality, drift):
+        assert decision["outcome"] in {"pass", "retrain", "block"}
+        assert decision["checks"] and decision["thresholds"]
+        assert decision["report_uri"].startswith(settings.artifact_uri)
+    # The simulated PII was redacted at ingestion, so the PII check itself passes.
+    assert next(c for c in quality["checks"] if c["name"].startswith("pii"))["status"] == "ok"
+    html = Path(drift["report_uri"].removeprefix("file://"))
+    assert html.suffix == ".html" and html.is_file() and "user_ctr_7d" in html.read_text()

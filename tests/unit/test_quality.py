@@ -174,6 +174,12 @@ def test_psi_is_the_symmetrised_kl_and_never_negative(count_pair, smoothing):
     assert kl_from_shares(p, q) == pytest.approx(entropy(q, p), rel=1e-9, abs=1e-12)
 
 
+def test_a_reference_without_values_compares_missing_with_present_shares():
+    # A feature that did not exist in the reference window (all missing) must not stop the gate.
+    assert population_stability_index([np.nan, np.nan], [np.nan, np.nan]) == pytest.approx(0.0)
+    assert population_stability_index([np.nan] * 50, [1.0] * 50) > 1.0
+
+
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="reference is empty"):
         population_stability_index([], [1.0])
@@ -183,8 +189,6 @@ def test_bad_inputs_raise_clear_errors():
         population_stability_index(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="bins must be an integer >= 2"):
         population_stability_index([1.0, 2.0], [1.0], bins=1)
-    with pytest.raises(ValueError, match="no finite values"):
-        population_stability_index([np.nan, np.nan], [1.0])
     with pytest.raises(ValueError, match="same length|one length"):
         psi_from_shares([0.5, 0.5], [1.0])
 
