@@ -48,6 +48,10 @@ class Window:
         return {"start": self.start.isoformat(), "end": self.end.isoformat()}
 
 
+class NoReferenceData(ValueError):
+    """The reference window holds no training examples (e.g. before the first model)."""
+
+
 def _window_stats(warehouse: Any, window: Window) -> tuple[int, float | None]:
     rows, clicked = warehouse.query(
         "select count(*), sum(case when is_clicked then 1 else 0 end) from training_examples "
@@ -153,7 +157,7 @@ def run_drift_gate(
     if reference_frame is None:
         reference_frame = training_set(reference.start, reference.end, warehouse_uri=warehouse_uri)
     if not len(reference_frame):
-        raise ValueError(
+        raise NoReferenceData(
             f"drift gate: the reference window {reference.to_dict()} has no training examples; "
             "skip the drift gate for the first model (with a reason) or give a reference window"
         )
@@ -168,6 +172,27 @@ def run_drift_gate(
     decision = decide_drift(result, policy)
     alert(decision, webhook_url=policy.alert.webhook_url, policy=policy, logger=log)
     return decision
+
+
+def retrain_decision(
+    quality: Mapping[str, Any], drift: Mapping[str, Any] | None, *, force: bool, has_champion: bool
+) -> tuple[bool, str]:
+    """Whether the retrain DAG trains today, and why (the gates' outcomes are ``pass|retrain|block``).
+
+    Blocked data never trains, even when forced. Otherwise: forced runs train; without a champion
+    the first model is trained; a ``retrain`` from either gate trains; data that passed both gates
+    while a champion serves does not.
+    """
+    if quality.get("outcome") == "block":
+        return False, "the quality gate blocked this window: never train on it"
+    if force:
+        return True, "forced by the run's params"
+    if not has_champion:
+        return True, "no champion yet: the first model is trained"
+    outcomes = {quality.get("outcome"), (drift or {}).get("outcome")}
+    if "retrain" in outcomes:
+        return True, "a gate found drift worth retraining for"
+    return False, "both gates passed and a champion serves: nothing to retrain for"
 
 
 def window_ending(end: datetime, days: int) -> Window:

@@ -38,3 +38,37 @@ def test_etl_dag_ingests_builds_materializes_then_emits_the_features_asset(dags)
     assert FEATURES in dag.get_task("materialize_features").outlets
     assert all(FEATURES not in task.outlets for task in dag.tasks if task.task_id != "materialize_features")
     assert set(dag.params.keys()) == {"quarantine_threshold", "attribution_window_minutes"}
+
+
+def test_retrain_dag_runs_the_gates_then_trains_evaluates_compresses_registers(dags):
+    from airflow.sdk import AssetOrTimeSchedule
+
+    from loopline_airflow.assets import CANDIDATE
+
+    dag = dags["loopline_retrain"]
+    assert edges(dag) == {
+        ("quality_gate", "drift_gate"),
+        ("quality_gate", "decide"),
+        ("drift_gate", "decide"),
+        ("decide", "train"),
+        ("train", "evaluate"),
+        ("evaluate", "compress"),
+        ("compress", "register"),
+    }
+    assert isinstance(dag.timetable, AssetOrTimeSchedule), "nightly at 02:00 and on the features Asset"
+    assert CANDIDATE in dag.get_task("register").outlets
+    assert {"force_retrain", "skip_drift_gate", "skip_drift_reason", "window_days", "epochs"} <= set(dag.params.keys())
+
+
+def test_retrain_decision_follows_the_gates():
+    from loopline.gate_runs import retrain_decision
+
+    passed, retrain, block = {"outcome": "pass"}, {"outcome": "retrain"}, {"outcome": "block"}
+    assert retrain_decision(block, passed, force=True, has_champion=False)[0] is False
+    assert retrain_decision(passed, passed, force=True, has_champion=True)[0] is True
+    assert retrain_decision(passed, {"outcome": "skipped"}, force=False, has_champion=False)[0] is True
+    assert retrain_decision(passed, retrain, force=False, has_champion=True)[0] is True
+    assert retrain_decision(passed, passed, force=False, has_champion=True) == (
+        False,
+        "both gates passed and a champion serves: nothing to retrain for",
+    )

@@ -96,20 +96,40 @@ class DataQualityGateOperator(_GateOperator):
 
 
 class DriftGateOperator(_GateOperator):
-    """Evidently DataDriftPreset of the training window against the reference window."""
+    """Evidently DataDriftPreset of the training window against the reference window.
 
+    :param skip: skip the gate for this run (templated, e.g. ``params.skip_drift_gate``).
+    :param skip_reason: required with ``skip``; recorded in the result and the log (templated).
+    Without reference data (before the first model) the gate reports ``skipped`` with that reason.
+    """
+
+    template_fields: Sequence[str] = (*_GateOperator.template_fields, "skip", "skip_reason")
     gate = "drift"
     ui_color = "#fde9b8"
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        from loopline.gate_runs import run_drift_gate
+    def __init__(self, *, skip: Any = False, skip_reason: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.skip = skip
+        self.skip_reason = skip_reason
 
+    def execute(self, context: Any) -> dict[str, Any]:
+        from loopline.gate_runs import NoReferenceData, run_drift_gate
+
+        if self.skip in (True, "True", "true"):
+            if not (self.skip_reason or "").strip():
+                raise AirflowFailException("skipping the drift gate needs a reason (param skip_drift_reason)")
+            self.log.warning("drift gate skipped: %s", self.skip_reason)
+            return {"gate": "drift", "outcome": "skipped", "reasons": [f"skipped by request: {self.skip_reason}"]}
         window, reference = self._windows(context)
         self.log.info("drift gate on %s (reference %s)", window.to_dict(), reference and reference.to_dict())
-        decision = run_drift_gate(
-            window,
-            reference=reference,
-            policy_overrides=self.policy_overrides or None,
-            warehouse_uri=self.warehouse_uri or None,
-        )
+        try:
+            decision = run_drift_gate(
+                window,
+                reference=reference,
+                policy_overrides=self.policy_overrides or None,
+                warehouse_uri=self.warehouse_uri or None,
+            )
+        except NoReferenceData as error:
+            self.log.warning("drift gate skipped: %s", error)
+            return {"gate": "drift", "outcome": "skipped", "reasons": [str(error)]}
         return self._report(decision)
