@@ -42,7 +42,6 @@ def test_etl_dag_ingests_builds_materializes_then_emits_the_features_asset(dags)
 
 def test_retrain_dag_runs_the_gates_then_trains_evaluates_compresses_registers(dags):
     from airflow.sdk import AssetOrTimeSchedule
-
     from loopline_airflow.assets import CANDIDATE
 
     dag = dags["loopline_retrain"]
