@@ -91,7 +91,10 @@ def loopline_retrain():
 
     run_id = "{{ ti.xcom_pull(task_ids='train')['run_id'] }}"
     train = TrainModelOperator(
-        task_id="train", window_days="{{ params.window_days }}", overrides={"training.epochs": "{{ params.epochs }}"}
+        task_id="train",
+        window_days="{{ params.window_days }}",
+        overrides={"training.epochs": "{{ params.epochs }}"},
+        make_drift_report=True,  # the run carries an Evidently report of its holdout against its training days
     )
     evaluate = EvaluateCandidateOperator(task_id="evaluate", run_id=run_id)
     compress = CompressModelOperator(task_id="compress", run_id=run_id, window_days="{{ params.window_days }}")
