@@ -56,10 +56,10 @@ format: setup
 ## airflow: Airflow standalone (UI on http://127.0.0.1:8080, no login) with the local profile
 airflow: setup
 	mkdir -p $(AIRFLOW_HOME)
+	PATH="$(CURDIR)/$(BIN):$$PATH" \
 	AIRFLOW__CORE__PARALLELISM=4 \
 	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True \
 	AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=8080 \
-	AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False \
 	$(BIN)/airflow standalone
 
 ## lock: re-resolve requirements.txt from requirements.in (needs the package registry)
