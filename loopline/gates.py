@@ -20,13 +20,13 @@ import tempfile
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from loopline.policy import read_policy_file
 
 if TYPE_CHECKING:
     from loopline.drift import DriftResult
@@ -37,7 +37,6 @@ CheckStatus = Literal["ok", "warn", "retrain", "block", "skipped"]
 OUTCOMES: tuple[Outcome, ...] = ("pass", "retrain", "block")  # in increasing severity
 CHECK_STATUSES: tuple[CheckStatus, ...] = ("ok", "warn", "retrain", "block", "skipped")
 
-POLICY_PACKAGE = "loopline.policy"
 POLICY_FILE = "gates.yaml"
 WEBHOOK_TIMEOUT_SECONDS = 5.0
 
@@ -206,21 +205,7 @@ def load_policy(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     ``overrides`` takes dotted keys (``{"quality.max_noisy_share": 0.2}``) or nested sections
     (``{"quality": {"max_noisy_share": 0.2}}``); an unknown key raises :class:`PolicyError` naming it.
     """
-    if path is None:
-        source = f"{POLICY_PACKAGE}/{POLICY_FILE}"
-        text = resources.files(POLICY_PACKAGE).joinpath(POLICY_FILE).read_text(encoding="utf-8")
-    else:
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as error:
-            raise PolicyError(f"cannot read gate policy file {source}: {error.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise PolicyError(f"gate policy file {source} is not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise PolicyError(f"gate policy file {source}: expected a mapping of sections, got {type(data).__name__}")
+    data, source = read_policy_file(POLICY_FILE, path, kind="gate", error=PolicyError)
     for section, values in _normalise_overrides(overrides or {}).items():
         base = data.get(section)
         data[section] = {**(base if isinstance(base, dict) else {}), **values}
