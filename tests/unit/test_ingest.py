@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -185,6 +186,21 @@ EDGE_LINES = [
     json_line(event_dict(11, item_id=None)),
     json_line(event_dict(11, color="red")),
     json_line({**{k: v for k, v in event_dict(11).items() if k != "page"}, "color": "red"}),
+    # The fast path leaves string types to the Arrow conversion and numbers to its own checks:
+    json_line(event_dict(12, user_id=5)),  # a number in a string field makes the batch's conversion fail
+    json_line(event_dict(12, query=5)),
+    json_line(event_dict(12, query=["a"])),
+    json_line(event_dict(12, device={"a": 1})),
+    json_line(event_dict(12, page=True)),
+    json_line({**{k: v for k, v in event_dict(12).items() if k != "query"}, "color": None}),  # 14 keys, no query
+    json_line({**{k: v for k, v in event_dict(12).items() if k != "query"}, "event_id": None}),  # 13 keys, a null
+    json_line(event_dict(12, price=2**64 - 1)),  # beyond int64: Arrow refuses it
+    json_line(event_dict(12, price=1.5)).replace(b'"price":1.5', b'"price":-9223372036854775809'),
+    json_line(event_dict(12, price=1.5)).replace(b'"price":1.5', b'"price":18446744073709551616'),
+    json_line(event_dict(12, price=2**62)),
+    json_line(event_dict(12, position=-(2**63))),
+    json_line(event_dict(12, price=0.1 + 0.2)),
+    json_line(event_dict(12, price=-0.0)),
     CANONICAL.replace(b'"user_id"', b'"user_id":"dup","user_id"'),  # duplicate key: the last one wins
     b"",
     b"   ",
@@ -258,6 +274,90 @@ def log_lines(draw) -> bytes:
 @given(st.lists(log_lines(), min_size=1, max_size=12))
 def test_parse_batch_agrees_with_parse_line_on_generated_lines(lines: list[bytes]):
     assert batch_outcomes(lines) == [reference(line) for line in lines]
+
+
+def test_ids_hash_alike_in_every_batch():
+    ids = [str(uuid.UUID(int=n * 7919, version=4)) for n in range(300)]
+    hashes = ingest._id_hashes(ids)
+    assert hashes.tolist() == [ingest._id_hash(event_id) for event_id in ids]
+    assert len(set(hashes.tolist())) == len(ids)
+    # A batch holding ids of other lengths is hashed per id, with the same hash for the same id.
+    odd = ["short", "é" * 36, "{" + ids[0] + "}"]
+    mixed = ingest._id_hashes(ids[:5] + odd)
+    assert mixed[:5].tolist() == hashes[:5].tolist()
+    assert mixed[5:].tolist() == [ingest._id_hash(event_id) for event_id in odd]
+    # Slices and chunked arrays point into a larger buffer; their hashes are those of their own ids.
+    assert ingest._id_hashes(pa.array(ids).slice(7, 20)).tolist() == hashes[7:27].tolist()
+    assert ingest._id_hashes(pa.chunked_array([ids[:3], ids[3:9]])).tolist() == hashes[:9].tolist()
+
+
+def assert_same_parse(got: ingest.ParsedBatch, expected: ingest.ParsedBatch) -> None:
+    assert got.events.equals(expected.events)
+    assert got.rejects == expected.rejects
+    assert got.redactions == expected.redactions
+
+
+# Every kind of line the parser knows, PII to redact and an empty last line (joined and split again).
+WORKER_CHUNK = [
+    *EDGE_LINES,
+    json_line(event_dict(40, query="mail jane@example.com or call +49 30 1234567")),
+    json_line(event_dict(41, query="from 10.1.2.3")),
+    b"",
+]
+
+
+@pytest.fixture(scope="module")
+def worker_parser():
+    """One parse worker process with a pseudonymisation key, shared by the module's tests."""
+    parser = ingest._BatchParser(ingest.Redactor(PII_KEY), PII_KEY, workers=1)
+    parser.start_workers()
+    assert parser._pool and parser._pool[0].ready.wait(60), "the worker process started"
+    yield parser
+    parser.close()
+
+
+def test_a_worker_process_parses_exactly_like_this_process(worker_parser: ingest._BatchParser):
+    expected = ingest.parse_batch(WORKER_CHUNK, ingest.Redactor(PII_KEY))
+    assert expected.rejects and expected.events.num_rows and expected.redactions
+    tickets = [worker_parser.submit(WORKER_CHUNK) for _ in range(3)]  # several in flight, taken in order
+    assert all(isinstance(ticket, ingest._ParseWorker) for ticket in tickets)
+    for ticket in tickets:
+        assert_same_parse(worker_parser.result(ticket, WORKER_CHUNK), expected)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(log_lines(), min_size=1, max_size=12))
+def test_worker_parse_agrees_with_this_process_on_generated_lines(
+    worker_parser: ingest._BatchParser, lines: list[bytes]
+):
+    got = worker_parser.result(worker_parser.submit(lines), lines)
+    assert_same_parse(got, ingest.parse_batch(lines, ingest.Redactor(PII_KEY)))
+
+
+def test_parsing_goes_on_here_when_workers_die_or_cannot_start(monkeypatch: pytest.MonkeyPatch):
+    expected = ingest.parse_batch(WORKER_CHUNK, ingest.Redactor(None))
+    parser = ingest._BatchParser(ingest.Redactor(None), None, workers=2)
+    try:
+        parser.start_workers()
+        for worker in parser._pool:
+            assert worker.ready.wait(60)
+        first = parser.submit(WORKER_CHUNK)
+        assert isinstance(first, ingest._ParseWorker)
+        first.process.kill()
+        second = parser.submit(WORKER_CHUNK)
+        assert_same_parse(parser.result(first, WORKER_CHUNK), expected)
+        assert_same_parse(parser.result(second, WORKER_CHUNK), expected)
+        assert parser.workers == 0 and parser.in_flight == 0  # the rest of the run parses here
+        assert isinstance(parser.submit(WORKER_CHUNK), ingest.ParsedBatch)
+    finally:
+        parser.close()
+    monkeypatch.setattr(ingest.sys, "executable", "/nonexistent/python")
+    parser = ingest._BatchParser(ingest.Redactor(None), None, workers=2)
+    parser.start_workers()
+    assert parser.workers == 0
+    assert_same_parse(parser.result(parser.submit(WORKER_CHUNK), WORKER_CHUNK), expected)
 
 
 # --- the malformed-line corpus -----------------------------------------------------------------------
@@ -536,6 +636,35 @@ def test_tiny_batches_give_the_same_rows_and_counts_as_one_batch(logs: LogStore,
     assert kept == [(objects[0].uri, 1)]
     assert reasons == [(objects[1].uri, 4, "empty_line"), (objects[0].uri, 6, "invalid_json"),
                        (objects[2].uri, 1, "not_an_object")]  # fmt: skip
+
+
+def test_worker_processes_and_small_parse_chunks_give_the_same_rows(
+    logs: LogStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # The malformed corpus, plus duplicates spread over many chunks of one warehouse batch.
+    lines_read, _, _ = _corpus(logs, tmp_path)
+    repeated = [make_event(n % 7, DAY, 4).to_json_line() for n in range(40)]
+    logs.write(DAY, 4, "serving", [*repeated, b"junk\n", *repeated])
+    reference_uri = f"duckdb://{tmp_path / 'reference.duckdb'}"
+    reference = run_day(DAY, logs, reference_uri, parse_workers=0)  # one chunk per object, one batch
+    received = []
+    original = ingest._ParseWorker.receive
+    monkeypatch.setattr(ingest._ParseWorker, "receive", lambda worker: received.append(1) or original(worker))
+    for chunk_lines, workers, uri in ((3, 0, "in-process.duckdb"), (50, 2, "workers.duckdb")):
+        monkeypatch.setattr(ingest, "PARSE_CHUNK_LINES", chunk_lines)  # many chunks per warehouse batch
+        result = run_day(DAY, logs, f"duckdb://{tmp_path / uri}", parse_workers=workers)
+        counts = (result.lines_read, result.loaded, result.duplicates, result.quarantined)
+        assert counts == (reference.lines_read, reference.loaded, reference.duplicates, reference.quarantined)
+        assert result.quarantined_by_reason == reference.quarantined_by_reason
+        assert result.redactions_by_type == reference.redactions_by_type
+        assert checksum(f"duckdb://{tmp_path / uri}") == checksum(reference_uri)
+        with Warehouse.from_uri(f"duckdb://{tmp_path / uri}") as warehouse:
+            kept = warehouse.query("SELECT event_id, line_number FROM raw_events WHERE log_hour = 4 ORDER BY 1")
+            assert {line for _, line in kept} == set(range(1, 8))  # the first occurrence of each id
+        chunks = -(-(result.lines_read - 2) // chunk_lines)  # the truncated and corrupt objects count 1 line each
+        assert len(received) == (chunks if workers else 0)  # every chunk parsed by a worker, or none
+        received.clear()
+    assert reference.lines_read == lines_read + 81 and reference.duplicates >= 73
 
 
 def test_bloom_filter_false_positives_never_drop_an_event(
