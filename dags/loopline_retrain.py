@@ -1,4 +1,4 @@
-"""loopline_retrain: gates -> train -> evaluate -> compress -> register -> the candidate Asset."""
+"""loopline_retrain: gates -> train -> evaluate -> compress -> register -> package -> validate -> candidate Asset."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from loopline_airflow.assets import CANDIDATE, FEATURES
 from loopline_airflow.operators.gates import DataQualityGateOperator, DriftGateOperator
+from loopline_airflow.operators.serving import BentoPackageOperator, BentoValidateOperator
 from loopline_airflow.operators.training import (
     CompressModelOperator,
     EvaluateCandidateOperator,
@@ -29,8 +30,12 @@ training window is the `window_days` days up to the start of the run's day (UTC)
    lineage tags. 5. **evaluate**: BLESSED only if value thresholds hold and, against the champion on
    the same holdout, change thresholds too; NOT_BLESSED skips the rest.
 6. **compress**: INT8 / pruned / distilled variants measured against FP32; the smallest within
-   tolerance serves. 7. **register**: new `loopline-ctr` version, alias `challenger` (audited), and the
-   **loopline_candidate** Asset, which schedules `loopline_canary`.
+   tolerance serves. 7. **register**: new `loopline-ctr` version, alias `challenger` (audited).
+8. **package**: the version imported into the BentoML model store (`loopline-ctr:v<N>`), a Bento of the
+   ranking service built with it (labels: MLflow version, run, lineage) and exported to `<artifact_uri>/bentos/`.
+9. **validate**: the Bento served on a free local port; canned and real requests, schema, served scores
+   equal to offline scores, p99 latency under `validation_p99_ms`; then stopped. Emits the
+   **loopline_candidate** Asset, which schedules `loopline_canary`: only a validated Bento is a candidate.
 
 Every decision is printed as a table in its task log and stored in the warehouse.
 """
@@ -57,6 +62,9 @@ Every decision is printed as a table in its task log and stored in the warehouse
             minimum=1,
             maximum=100,
             description="Upper bound on training epochs (default: models/ctr_ranker.yaml).",
+        ),
+        "validation_p99_ms": Param(
+            100, type="number", minimum=1, description="Bento validation: p99 latency threshold of /rank (ms)."
         ),
         "gate_policy": Param(
             {}, type="object", description='Gate policy overrides, e.g. {"quality.max_noisy_share": 0.2}.'
@@ -98,10 +106,17 @@ def loopline_retrain():
     )
     evaluate = EvaluateCandidateOperator(task_id="evaluate", run_id=run_id)
     compress = CompressModelOperator(task_id="compress", run_id=run_id, window_days="{{ params.window_days }}")
-    register = RegisterCandidateOperator(task_id="register", run_id=run_id, outlets=[CANDIDATE])
+    register = RegisterCandidateOperator(task_id="register", run_id=run_id)
+    package = BentoPackageOperator(task_id="package", version="{{ ti.xcom_pull(task_ids='register')['version'] }}")
+    validate = BentoValidateOperator(
+        task_id="validate",
+        bento_tag="{{ ti.xcom_pull(task_ids='package')['bento_tag'] }}",
+        p99_ms="{{ params.validation_p99_ms }}",
+        outlets=[CANDIDATE],
+    )
 
     quality >> drift
-    decide(quality.output, drift.output) >> train >> evaluate >> compress >> register
+    decide(quality.output, drift.output) >> train >> evaluate >> compress >> register >> package >> validate
 
 
 loopline_retrain()

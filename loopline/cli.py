@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "loopline.importers",
     "loopline.transform",
     "loopline.features",
+    "loopline.serving.scoring",  # score-batch
+    "loopline.serving.packaging",  # bento package / validate
 )
 
 

@@ -20,7 +20,15 @@ from loopline.simulate.policies import (
     RequestContext,
     make_policy,
 )
-from loopline.simulate.run import SimulationSummary, Simulator, TruthWriter, default_truth_dir, simulate, simulate_day
+from loopline.simulate.run import (
+    SimulationSummary,
+    Simulator,
+    TruthWriter,
+    default_truth_dir,
+    load_world,
+    simulate,
+    simulate_day,
+)
 from loopline.simulate.traffic import DayTraffic, generate_day
 from loopline.simulate.world import World
 
@@ -43,6 +51,7 @@ __all__ = [
     "World",
     "default_truth_dir",
     "generate_day",
+    "load_world",
     "make_policy",
     "register_cli",
     "simulate",

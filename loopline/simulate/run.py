@@ -305,6 +305,18 @@ class Simulator:
                 self.summary.pii_planted += 1
 
 
+def load_world(truth_dir: str | Path) -> World:
+    """The world a simulation ran, rebuilt from its ``world.json`` (same seed, same users, items and truth)."""
+    path = Path(truth_dir) / "world.json"
+    try:
+        document = orjson.loads(path.read_bytes())
+        parameters = dict(document["world"]["parameters"])
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: expected a simulator truth file with world.parameters ({error})") from None
+    parameters["start_date"] = date.fromisoformat(parameters["start_date"])
+    return World.build(**parameters)
+
+
 def default_truth_dir(parameters: dict[str, Any]) -> Path:
     """``<LOOPLINE_HOME>/truth/sim-<start>-<days>d-seed<seed>-<hash of all parameters>``: same run, same place."""
     digest = hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -40,7 +40,7 @@ def test_etl_dag_ingests_builds_materializes_then_emits_the_features_asset(dags)
     assert set(dag.params.keys()) == {"quarantine_threshold", "attribution_window_minutes"}
 
 
-def test_retrain_dag_runs_the_gates_then_trains_evaluates_compresses_registers(dags):
+def test_retrain_dag_runs_the_gates_then_trains_evaluates_compresses_registers_packages_validates(dags):
     from airflow.sdk import AssetOrTimeSchedule
     from loopline_airflow.assets import CANDIDATE
 
@@ -53,10 +53,23 @@ def test_retrain_dag_runs_the_gates_then_trains_evaluates_compresses_registers(d
         ("train", "evaluate"),
         ("evaluate", "compress"),
         ("compress", "register"),
+        ("register", "package"),
+        ("package", "validate"),
     }
     assert isinstance(dag.timetable, AssetOrTimeSchedule), "nightly at 02:00 and on the features Asset"
-    assert CANDIDATE in dag.get_task("register").outlets
-    assert {"force_retrain", "skip_drift_gate", "skip_drift_reason", "window_days", "epochs"} <= set(dag.params.keys())
+    # Only a validated Bento is a candidate: the rollout DAG is scheduled by the validate task's Asset.
+    assert CANDIDATE in dag.get_task("validate").outlets
+    assert all(CANDIDATE not in task.outlets for task in dag.tasks if task.task_id != "validate")
+    assert {
+        "force_retrain",
+        "skip_drift_gate",
+        "skip_drift_reason",
+        "window_days",
+        "epochs",
+        "validation_p99_ms",
+    } <= set(dag.params.keys())
+    assert dag.get_task("package").version == "{{ ti.xcom_pull(task_ids='register')['version'] }}"
+    assert dag.get_task("validate").bento_tag == "{{ ti.xcom_pull(task_ids='package')['bento_tag'] }}"
 
 
 def test_retrain_decision_follows_the_gates():
@@ -71,3 +84,4 @@ def test_retrain_decision_follows_the_gates():
         False,
         "both gates passed and a champion serves: nothing to retrain for",
     )
+
