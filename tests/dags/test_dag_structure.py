@@ -85,3 +85,26 @@ def test_retrain_decision_follows_the_gates():
         "both gates passed and a champion serves: nothing to retrain for",
     )
 
+
+def test_canary_dag_starts_then_watches_three_steps_in_reschedule_mode(dags):
+    from loopline_airflow.assets import CANDIDATE
+
+    dag = dags["loopline_canary"]
+    assert edges(dag) == {
+        ("mode", "start_rollout"),
+        ("mode", "override"),
+        ("start_rollout", "step_1"),
+        ("start_rollout", "report"),
+        ("step_1", "step_2"),
+        ("step_2", "step_3"),
+        ("step_1", "report"),
+        ("step_2", "report"),
+        ("step_3", "report"),
+    }
+    assert list(dag.timetable.asset_condition.objects) == [CANDIDATE], "scheduled by the validated candidate"
+    for index in range(3):
+        sensor = dag.get_task(f"step_{index + 1}")
+        assert sensor.mode == "reschedule", "no worker slot is held between looks"
+        assert sensor.step_index == index
+    assert dag.get_task("report").trigger_rule == "none_failed_min_one_success"
+    assert {"action", "reason", "candidate_version", "metrics_url", "canary_policy"} <= set(dag.params.keys())
