@@ -21,6 +21,10 @@ def test_compose_runs_the_stack_profile_on_real_servers():
         assert environment["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
         assert environment["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
     assert services["airflow-worker"]["command"] == ["airflow", "celery", "worker"]
+    ranker = services["ranker"]
+    assert ranker["command"][:3] == ["bentoml", "serve", "models.service:RankingService"]
+    assert ranker["environment"]["LOOPLINE_PROFILE"] == "stack"
+    assert ranker["environment"]["LOOPLINE_REDIS_URL"].startswith("redis://"), "the rollout state store"
 
 
 def test_compose_takes_every_password_from_the_environment():
