@@ -14,7 +14,8 @@ the pipeline makes:
 - ``materialize_interval(start, end)``: load exactly one data interval (plus a small overlap) into
   the online store, never ``materialize_incremental``;
 - ``training_set(start, end)``: the training examples of an interval with the features of the
-  FeatureService as of each impression's time, never later ones;
+  FeatureService as of each impression's time, never later ones (``point_in_time_features`` is
+  that join for any rows with entity keys and ``event_at``: batch scoring uses it too);
 - ``online(user_id, item_ids)``: one online lookup for a user and many candidate items.
 
 Every timestamp handed to Feast is timezone-aware UTC (Feast takes naive ones as UTC silently).
@@ -669,6 +670,83 @@ def _known_entities(store: FeatureStore, view: str, keys: list[str]) -> set:
     return set(zip(*(table.column(key).to_pylist() for key in keys), strict=True))
 
 
+def point_in_time_features(
+    frame: pd.DataFrame, *, store: FeatureStore, layout: ServiceLayout, rows_name: str = "the rows"
+) -> pd.DataFrame:
+    """``frame`` with the service's features as of each row's ``event_at`` (UTC), point-in-time.
+
+    ``frame`` holds the entity keys of the service's views, ``event_at`` and optionally ``position``
+    (0 when absent; it feeds only the on-demand ``position_discount``). Each feature view is joined by
+    Feast's offline store on (entity, event_at) and merged back (see ``training_set`` for why one view
+    at a time); on-demand features come from the registered transformation, as online. Rows whose
+    entity has no snapshot get NaN features, never dropped; columns named like a feature are replaced.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pytz
+
+    sources = _repo("sources")
+    location = _location_of(store)
+    wanted: dict[str, list[str]] = {view: list(names) for view, names in layout.view_features.items()}
+    for view, names in layout.on_demand_inputs.items():
+        wanted.setdefault(view, [])
+        wanted[view] += [name for name in names if name not in wanted[view]]
+    for view, names in wanted.items():
+        keys = list(layout.view_join_keys[view])
+        missing_keys = [key for key in keys if key not in frame]
+        if missing_keys:
+            raise FeatureStoreError(f"feature view {view} joins on {missing_keys}, which {rows_name} lacks")
+        frame = frame.drop(columns=[name for name in names if name in frame.columns])
+        entity_df = (
+            frame[keys + ["event_at"]]
+            .drop_duplicates()
+            .rename(columns={"event_at": ENTITY_TIMESTAMP})
+            .reset_index(drop=True)
+        )
+        # Feast's file store re-stamps every row in Python unless the zone is pytz's UTC object.
+        entity_df[ENTITY_TIMESTAMP] = entity_df[ENTITY_TIMESTAMP].dt.tz_convert(pytz.utc)
+        if location.kind == "file":
+            # Dask's join cannot sort rows of entities without any snapshot (null timestamps): leave
+            # those out; the merge below gives them NaN features.
+            known = _known_entities(store, view, keys)
+            entity_df = (
+                entity_df[entity_df[keys].apply(tuple, axis=1).isin(known)]
+                if len(keys) > 1
+                else entity_df[entity_df[keys[0]].isin(known)]
+            )
+        if entity_df.empty:
+            for name in names:
+                frame[name] = pd.Series([None] * len(frame), dtype="float64", index=frame.index)
+            continue
+        with contextlib.redirect_stdout(sys.stderr):
+            joined = store.get_historical_features(
+                entity_df=entity_df, features=[f"{view}:{name}" for name in names], full_feature_names=False
+            ).to_df()
+        joined[ENTITY_TIMESTAMP] = pd.to_datetime(joined[ENTITY_TIMESTAMP], utc=True).dt.as_unit("us")
+        joined = joined[keys + [ENTITY_TIMESTAMP, *names]].drop_duplicates(subset=keys + [ENTITY_TIMESTAMP])
+        frame = frame.merge(
+            joined.rename(columns={ENTITY_TIMESTAMP: "event_at"}), on=keys + ["event_at"], how="left", validate="m:1"
+        )
+
+    position = frame["position"] if "position" in frame.columns else pd.Series([0] * len(frame), index=frame.index)
+    for view_name, outputs in layout.on_demand.items():
+        odfv = store.get_on_demand_feature_view(view_name)
+        request_values = {sources.POSITION: position.fillna(0).astype("int64"), sources.REQUEST_AT: frame["event_at"]}
+        unknown = [name for name in layout.request_fields if name not in request_values]
+        if unknown:
+            raise FeatureStoreError(f"on-demand view {view_name} needs request fields {unknown} that {rows_name} lacks")
+        inputs = {name: frame[name] for names in layout.on_demand_inputs.values() for name in names}
+        table = pa.Table.from_pandas(pd.DataFrame({**inputs, **request_values}), preserve_index=False)
+        outputs_table = odfv.transform_arrow(table, full_feature_names=False) if len(frame) else None
+        for name in outputs:
+            frame[name] = (
+                pd.to_numeric(outputs_table[name].to_pandas(), errors="coerce").to_numpy()
+                if outputs_table is not None
+                else pd.Series(dtype="float64")
+            )
+    return frame
+
+
 def training_set(
     start: datetime | date,
     end: datetime | date,
@@ -689,75 +767,15 @@ def training_set(
     are NaN, never dropped rows; ``frame.attrs`` holds ``feature_columns``, ``missing_share`` per
     feature and ``rows_missing_any``.
     """
-    import pandas as pd
-    import pyarrow as pa
-    import pytz
-
     start_utc, end_utc = _utc(start, "start"), _utc(end, "end")
     if end_utc <= start_utc:
         raise FeatureStoreError(f"interval: expected start < end, got {start_utc.isoformat()} .. {end_utc.isoformat()}")
     store = store or feature_store()
     layout = service_layout(store, feature_service)
-    sources = _repo("sources")
-    location = _location_of(store)
     examples = _read_examples(warehouse_uri or current_settings().warehouse_uri, start_utc, end_utc)
     frame = examples.copy()
 
-    wanted: dict[str, list[str]] = {view: list(names) for view, names in layout.view_features.items()}
-    for view, names in layout.on_demand_inputs.items():
-        wanted.setdefault(view, [])
-        wanted[view] += [name for name in names if name not in wanted[view]]
-    for view, names in wanted.items():
-        keys = list(layout.view_join_keys[view])
-        missing_keys = [key for key in keys if key not in frame]
-        if missing_keys:
-            raise FeatureStoreError(f"feature view {view} joins on {missing_keys}, which training_examples lacks")
-        entity_df = (
-            frame[keys + ["event_at"]]
-            .drop_duplicates()
-            .rename(columns={"event_at": ENTITY_TIMESTAMP})
-            .reset_index(drop=True)
-        )
-        # Feast's file store re-stamps every row in Python unless the zone is pytz's UTC object.
-        entity_df[ENTITY_TIMESTAMP] = entity_df[ENTITY_TIMESTAMP].dt.tz_convert(pytz.utc)
-        if location.kind == "file":
-            # Dask's join cannot sort rows of entities without any snapshot (null timestamps): leave
-            # those out; the merge below gives them NaN features.
-            known = _known_entities(store, view, keys)
-            entity_df = (
-                entity_df[entity_df[keys].apply(tuple, axis=1).isin(known)]
-                if len(keys) > 1
-                else entity_df[entity_df[keys[0]].isin(known)]
-            )
-        if entity_df.empty:
-            for name in names:
-                frame[name] = pd.Series(dtype="float64")
-            continue
-        with contextlib.redirect_stdout(sys.stderr):
-            joined = store.get_historical_features(
-                entity_df=entity_df, features=[f"{view}:{name}" for name in names], full_feature_names=False
-            ).to_df()
-        joined[ENTITY_TIMESTAMP] = pd.to_datetime(joined[ENTITY_TIMESTAMP], utc=True).dt.as_unit("us")
-        joined = joined[keys + [ENTITY_TIMESTAMP, *names]].drop_duplicates(subset=keys + [ENTITY_TIMESTAMP])
-        frame = frame.merge(
-            joined.rename(columns={ENTITY_TIMESTAMP: "event_at"}), on=keys + ["event_at"], how="left", validate="m:1"
-        )
-
-    for view_name, outputs in layout.on_demand.items():
-        odfv = store.get_on_demand_feature_view(view_name)
-        request_values = {sources.POSITION: frame["position"], sources.REQUEST_AT: frame["event_at"]}
-        unknown = [name for name in layout.request_fields if name not in request_values]
-        if unknown:
-            raise FeatureStoreError(f"on-demand view {view_name} needs request fields {unknown} training cannot supply")
-        inputs = {name: frame[name] for names in layout.on_demand_inputs.values() for name in names}
-        table = pa.Table.from_pandas(pd.DataFrame({**inputs, **request_values}), preserve_index=False)
-        outputs_table = odfv.transform_arrow(table, full_feature_names=False) if len(frame) else None
-        for name in outputs:
-            frame[name] = (
-                pd.to_numeric(outputs_table[name].to_pandas(), errors="coerce").to_numpy()
-                if outputs_table is not None
-                else pd.Series(dtype="float64")
-            )
+    frame = point_in_time_features(examples.copy(), store=store, layout=layout, rows_name="training_examples")
 
     columns = layout.feature_columns
     frame = frame[[*examples.columns, *columns]]

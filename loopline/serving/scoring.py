@@ -202,21 +202,17 @@ def offline_features(
     """``rows`` (``user_id``, ``item_id``[, ``event_at``, ``position``]) with the service's features
     as of each row's ``event_at`` (else ``as_of``, else now), joined point-in-time from the offline store.
 
-    The same join as ``loopline.features.training_set`` (one feature view at a time, merged back;
-    on-demand features by the registered transformation), for rows that are not training examples.
-    Rows whose entity has no snapshot get missing features, never dropped.
+    The join ``loopline.features.training_set`` uses (``point_in_time_features``: one feature view at a
+    time, merged back; on-demand features by the registered transformation), for rows that are not
+    training examples. Rows whose entity has no snapshot get missing features, never dropped.
     """
     import pandas as pd
-    import pyarrow as pa
-    import pytz
 
     from loopline import features
-    from loopline.features import CTR_RANKER_V1, ENTITY_TIMESTAMP, FeatureStoreError
+    from loopline.features import CTR_RANKER_V1
 
     store = store or features.feature_store()
     layout = features.service_layout(store, feature_service or CTR_RANKER_V1)
-    sources = features._repo("sources")
-    location = features._location_of(store)
     frame = rows.copy()
     if "event_at" not in frame.columns or frame["event_at"].isna().all():
         moment = features._utc(as_of, "as_of") if as_of is not None else datetime.now(UTC)
@@ -225,55 +221,7 @@ def offline_features(
         raise ScoringError(f"event_at is empty in {int(frame['event_at'].isna().sum())} rows; fill it or drop it")
     frame["event_at"] = pd.to_datetime(frame["event_at"], utc=True).dt.as_unit("us")
 
-    wanted: dict[str, list[str]] = {view: list(names) for view, names in layout.view_features.items()}
-    for view, names in layout.on_demand_inputs.items():
-        wanted.setdefault(view, [])
-        wanted[view] += [name for name in names if name not in wanted[view]]
-    for view, names in wanted.items():
-        keys = list(layout.view_join_keys[view])
-        missing_keys = [key for key in keys if key not in frame]
-        if missing_keys:
-            raise FeatureStoreError(f"feature view {view} joins on {missing_keys}, which the rows lack")
-        frame = frame.drop(columns=[name for name in names if name in frame.columns])
-        entity_df = (
-            frame[keys + ["event_at"]].drop_duplicates().rename(columns={"event_at": ENTITY_TIMESTAMP})
-        ).reset_index(drop=True)
-        entity_df[ENTITY_TIMESTAMP] = entity_df[ENTITY_TIMESTAMP].dt.tz_convert(pytz.utc)
-        if location.kind == "file":  # entities without any snapshot break the file store's join
-            known = features._known_entities(store, view, keys)
-            entity_df = (
-                entity_df[entity_df[keys].apply(tuple, axis=1).isin(known)]
-                if len(keys) > 1
-                else entity_df[entity_df[keys[0]].isin(known)]
-            )
-        if entity_df.empty:
-            for name in names:
-                frame[name] = pd.Series([None] * len(frame), dtype="float64", index=frame.index)
-            continue
-        with contextlib.redirect_stdout(sys.stderr):
-            joined = store.get_historical_features(
-                entity_df=entity_df, features=[f"{view}:{name}" for name in names], full_feature_names=False
-            ).to_df()
-        joined[ENTITY_TIMESTAMP] = pd.to_datetime(joined[ENTITY_TIMESTAMP], utc=True).dt.as_unit("us")
-        joined = joined[keys + [ENTITY_TIMESTAMP, *names]].drop_duplicates(subset=keys + [ENTITY_TIMESTAMP])
-        frame = frame.merge(
-            joined.rename(columns={ENTITY_TIMESTAMP: "event_at"}), on=keys + ["event_at"], how="left", validate="m:1"
-        )
-
-    position = frame["position"] if "position" in frame.columns else pd.Series([0] * len(frame), index=frame.index)
-    for view_name, outputs in layout.on_demand.items():
-        odfv = store.get_on_demand_feature_view(view_name)
-        request_values = {sources.POSITION: position.fillna(0).astype("int64"), sources.REQUEST_AT: frame["event_at"]}
-        inputs = {name: frame[name] for names in layout.on_demand_inputs.values() for name in names}
-        table = pa.Table.from_pandas(pd.DataFrame({**inputs, **request_values}), preserve_index=False)
-        outputs_table = odfv.transform_arrow(table, full_feature_names=False) if len(frame) else None
-        for name in outputs:
-            frame[name] = (
-                pd.to_numeric(outputs_table[name].to_pandas(), errors="coerce").to_numpy()
-                if outputs_table is not None
-                else pd.Series(dtype="float64")
-            )
-    return frame
+    return features.point_in_time_features(frame, store=store, layout=layout)
 
 
 def _interval(start: Any, end: Any) -> tuple[datetime, datetime]:
