@@ -43,8 +43,12 @@ class FrameError(ValueError):
 
 def hash_ids(ids: Sequence[str] | np.ndarray | pd.Series, buckets: int) -> np.ndarray:
     """FNV-1a (32 bit) over the UTF-8 bytes of each id, modulo ``buckets``; vectorised over distinct ids."""
-    codes, uniques = pd.factorize(pd.Series(ids, dtype=object).astype(str), sort=False)
-    if len(uniques) == 0:
+    # A dict, not pd.factorize: pandas' string hash table stops at NUL, so it would merge "a" and "a\x00b".
+    texts = pd.Series(ids, dtype=object).astype(str).tolist()
+    index: dict[str, int] = {}
+    codes = np.fromiter((index.setdefault(text, len(index)) for text in texts), dtype=np.int64, count=len(texts))
+    uniques = list(index)
+    if not uniques:
         return np.zeros(len(codes), dtype=np.int64)
     encoded = [text.encode("utf-8", "surrogatepass") for text in uniques]
     lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))

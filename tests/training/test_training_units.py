@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from loopline.compress import VariantReport, choose
@@ -29,6 +29,7 @@ def scripted_hasher():
 
 @settings(deadline=None, max_examples=60)
 @given(st.lists(st.text(max_size=12), min_size=1, max_size=20), st.sampled_from([1, 7, 1000, 65536]))
+@example(ids=["", "\x00", "a", "a\x00b", "é"], buckets=65536)  # NUL once merged ids in pd.factorize
 def test_numpy_hashing_matches_the_scripted_model(scripted_hasher, ids, buckets):
     expected = scripted_hasher.hash_ids(ids, buckets).numpy()
     assert hash_ids(ids, buckets).tolist() == expected.tolist()
