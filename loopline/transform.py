@@ -13,17 +13,16 @@ import argparse
 import contextlib
 import csv
 import json
-import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from loopline.config import mask_uri, settings
+from loopline.config import environment, mask_uri, settings
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
 MART_TABLES = ("training_examples", "user_features", "item_features")
@@ -145,21 +144,6 @@ def resolve_warehouse(warehouse_uri: str) -> WarehouseTarget:
         f"warehouse URI {mask_uri(warehouse_uri)!r}: expected a duckdb:/// or postgresql:// URI, "
         f"got scheme {parts.scheme!r}"
     )
-
-
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of a dbt invocation, then restore the old ones."""
-    previous = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _release_duckdb() -> None:
@@ -287,7 +271,7 @@ def run_dbt(
     from dbt.cli.main import dbtRunner  # imported late: importing dbt takes about 3 s
 
     started = time.perf_counter()
-    with _environment({**TELEMETRY_OFF, **warehouse.env}):
+    with environment({**TELEMETRY_OFF, **warehouse.env}):
         try:
             outcome = dbtRunner().invoke(args)
         finally:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from loopline.config import Settings
+from loopline.config import Settings, environment
 from loopline.config import settings as current_settings
 
 LOG = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def build_bento(
 
     envs = [BentoEnvSchema(**env) for env in config.get("envs") or [] if env.get("name") != SERVING_MODEL_ENV]
     envs.append(BentoEnvSchema(name=SERVING_MODEL_ENV, value=model_tag))
-    with _environment({SERVING_MODEL_ENV: model_tag}), contextlib.redirect_stdout(sys.stderr):
+    with environment({SERVING_MODEL_ENV: model_tag}), contextlib.redirect_stdout(sys.stderr):
         sys.modules.pop(module, None)
         try:
             return bentoml.bentos.build(
@@ -290,21 +290,6 @@ def build_bento(
             )
         finally:
             sys.modules.pop(module, None)
-
-
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for a block, then restore what was there."""
-    previous = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def bentos_root(settings: Settings | None = None) -> str:
