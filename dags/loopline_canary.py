@@ -59,6 +59,11 @@ POKE_SECONDS = 300  # between looks; each look reads the logs since the rollout 
         ),
         "canary_policy": Param({}, type="object", description='Canary policy overrides, e.g. {"ctr.margin": 0.1}.'),
         "attribution_minutes": Param(30, type="number", minimum=0, description="Click attribution window."),
+        "event_start": Param(
+            None,
+            type=["null", "string"],
+            description="Event time where the rollout's analysis starts, ISO 8601 (default: now). For replayed days.",
+        ),
     },
 )
 def loopline_canary():
@@ -75,6 +80,7 @@ def loopline_canary():
         policy_overrides="{{ params.canary_policy }}",
         metrics_url="{{ params.metrics_url }}",
         reason="{{ params.reason or 'validated candidate' }}",
+        event_start="{{ params.event_start }}",
     )
     override = RolloutOverrideOperator(task_id="override", action="{{ params.action }}", reason="{{ params.reason }}")
     rollout_id = "{{ ti.xcom_pull(task_ids='start_rollout')['rollout_id'] }}"

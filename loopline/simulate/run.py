@@ -345,13 +345,21 @@ def simulate(
     compress: bool = False,
     progress: bool = False,
     candidates: int = DEFAULT_CANDIDATES,
+    run_days: int | None = None,
 ) -> SimulationSummary:
     """Simulate ``days`` days of traffic into the log at ``out_uri`` and the truth into ``truth_dir``.
+
+    ``run_days``: simulate only the first ``run_days`` days of the ``days``-day world (the truth's
+    world.json still describes all of it), e.g. when the later days are served by a model through
+    ``loopline.simulate.service_traffic``.
 
     Deterministic for a seed (given a deterministic policy): the same arguments write byte-identical
     log objects. ``events_per_day`` is a target (about +-10 %); ``pii_rate`` is the share of search
     requests whose query carries personal data; ``malformed_rate`` is bad lines per valid line.
     """
+    run_days = days if run_days is None else run_days
+    if not 1 <= run_days <= days:
+        raise ValueError(f"run_days must be in 1..days ({days}), got {run_days}")
     started = time.perf_counter()
     world = World.build(
         users,
@@ -378,6 +386,8 @@ def simulate(
         "policy": policy if isinstance(policy, str) else type(policy).__name__,
         "world": world.parameters(),
     }
+    if run_days != days:
+        simulation["run_days"] = run_days
     truth_dir = Path(truth_dir) if truth_dir is not None else default_truth_dir(simulation)
     if s3_endpoint_url is None and out_uri.startswith("s3://"):
         s3_endpoint_url = settings().s3_endpoint_url
@@ -387,7 +397,7 @@ def simulate(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=days * 24, unit="hour", desc="simulate", dynamic_ncols=True)
+        bar = tqdm(total=run_days * 24, unit="hour", desc="simulate", dynamic_ncols=True)
     try:
         with TruthWriter(truth_dir, world, simulation) as truth:
             simulator = Simulator(
@@ -403,7 +413,7 @@ def simulate(
                 compress=compress,
                 on_hour=(lambda day, hour: bar.update(1)) if bar is not None else None,
             )
-            for day_index in range(days):
+            for day_index in range(run_days):
                 simulator.run_day(day_index)
                 if bar is not None:
                     bar.set_postfix(events=simulator.summary.events, ctr=simulator.summary.ctr)

@@ -7,7 +7,7 @@ print each decision's table in the task log and return small dicts for XCom.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, BaseSensorOperator
@@ -43,9 +43,18 @@ class StartRolloutOperator(BaseOperator):
     :param metrics_url: the ranking service's ``/metrics`` URL for the health guards (templated).
     :param warehouse_uri: warehouse for the rollout tables (templated); default from settings.
     :param reason: why the rollout starts, for the audit trail (templated).
+    :param event_start: where the rollout's event-time window starts, ISO 8601 (templated); empty: now
+        (or the logs' high-water mark if later). Set it when a recorded or simulated day is replayed.
     """
 
-    template_fields: Sequence[str] = ("candidate_version", "policy_overrides", "metrics_url", "warehouse_uri", "reason")
+    template_fields: Sequence[str] = (
+        "candidate_version",
+        "policy_overrides",
+        "metrics_url",
+        "warehouse_uri",
+        "reason",
+        "event_start",
+    )
 
     def __init__(
         self,
@@ -55,6 +64,7 @@ class StartRolloutOperator(BaseOperator):
         metrics_url: Any = None,
         warehouse_uri: Any = None,
         reason: Any = "validated candidate",
+        event_start: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -63,6 +73,23 @@ class StartRolloutOperator(BaseOperator):
         self.metrics_url = metrics_url
         self.warehouse_uri = warehouse_uri
         self.reason = reason
+        self.event_start = event_start
+
+    def _event_start(self) -> datetime | None:
+        if self.event_start in (None, ""):
+            return None
+        if isinstance(self.event_start, datetime):
+            moment = self.event_start
+        else:
+            try:
+                moment = datetime.fromisoformat(str(self.event_start).replace("Z", "+00:00"))
+            except ValueError:
+                raise AirflowFailException(
+                    f"event_start: expected an ISO 8601 time such as 2024-05-01T00:00:00Z, got {self.event_start!r}"
+                ) from None
+        if moment.tzinfo is None:
+            raise AirflowFailException(f"event_start {self.event_start!r} needs a time zone (e.g. Z for UTC)")
+        return moment
 
     def _candidate(self, context: Any) -> str:
         if self.candidate_version not in (None, ""):
@@ -83,7 +110,9 @@ class StartRolloutOperator(BaseOperator):
         controller = _controller(
             policy_overrides=self.policy_overrides, metrics_url=self.metrics_url, warehouse_uri=self.warehouse_uri
         )
-        rollout = controller.start(self._candidate(context), actor=_actor(context), reason=str(self.reason))
+        rollout = controller.start(
+            self._candidate(context), actor=_actor(context), reason=str(self.reason), event_start=self._event_start()
+        )
         self.log.info(
             "rollout %s: candidate %s vs champion %s, status %s, canary weight %.0f%%",
             rollout.rollout_id, rollout.candidate_version, rollout.champion_version or "(none)",
