@@ -33,9 +33,9 @@ $(STAMP): requirements.txt pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-## demo: run the closed loop on the embedded default profile (everything under var/)
+## demo: the closed loop through the three DAGs on the embedded default profile (everything under var/)
 demo: setup
-	$(BIN)/python -m loopline.demo
+	PYTHONPATH=$(CURDIR)/plugins $(BIN)/python -m loopline_airflow.demo
 
 ## test: the whole test pyramid, slow tests included (what CI runs)
 test: setup

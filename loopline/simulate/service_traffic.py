@@ -85,6 +85,21 @@ class HttpRankingClient:
         raise AssertionError("unreachable")
 
 
+class AsgiRankingClient:
+    """``RankingClient`` over an in-process ASGI app: anything with httpx's ``post(path, json=...)``,
+    e.g. starlette's ``TestClient`` around the BentoML service's ``asgi_app()``."""
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    def post(self, path: str, payload: dict[str, Any]) -> tuple[int, Any]:
+        response = self.client.post(path, json=payload)
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            return response.status_code, response.text
+
+
 @dataclass
 class ArmTally:
     """What one variant showed and what the simulated users did, as the driver saw it."""

@@ -143,11 +143,9 @@ class Service:
 
     def post(self, path: str, payload: dict[str, Any]) -> tuple[int, Any]:
         """``RankingClient`` for the traffic driver: the real service over its ASGI app."""
-        response = self.client.post(path, json=payload)
-        try:
-            return response.status_code, response.json()
-        except ValueError:
-            return response.status_code, response.text
+        from loopline.simulate.service_traffic import AsgiRankingClient
+
+        return AsgiRankingClient(self.client).post(path, payload)
 
     def metrics_text(self) -> str:
         """The service's Prometheus metrics in text format (its in-process registry: what /metrics shows
