@@ -143,23 +143,27 @@ def _plot_ctr(days: Sequence[Mapping[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 3.6), dpi=110)
-    labels = [day["date"] for day in days]
-    for arm, color in (("champion", "#1f77b4"), ("canary", "#ff7f0e"), ("baseline", "#7f7f7f")):
-        values = [_get(day, "served", "arms", arm, "ctr") for day in days]
-        if any(value is not None for value in values):
-            axis.plot(labels, [np.nan if v is None else v for v in values], "o-", color=color, label=f"{arm} CTR")
-    oracle = [_get(day, "served", "oracle_ctr_of_champion") for day in days]
-    if any(value is not None for value in oracle):
-        axis.plot(
-            labels, [np.nan if v is None else v for v in oracle], ":", color="#2ca02c", label="oracle P(click) of shown"
-        )
+    figure, axis = plt.subplots(figsize=(8, 3.8), dpi=110)
+    positions = list(range(len(days)))
+
+    def series(*keys: str) -> list[float]:
+        return [np.nan if (value := _get(day, *keys)) is None else value for day in days]
+
+    axis.plot(positions, series("logged_ctr"), "-", color="#7f7f7f", label="all traffic (dbt labels)")
+    axis.plot(positions, series("served", "arms", "champion", "ctr"), "o-", color="#1f77b4", label="champion")
+    axis.plot(positions, series("served", "arms", "canary", "ctr"), "o", color="#ff7f0e", markersize=8, label="canary")
+    oracle = series("served", "oracle_ctr_of_champion")
+    axis.plot(positions, oracle, ":", color="#2ca02c", label="oracle P(click) of the champion's lists")
     for index, day in enumerate(days):
         if day.get("drift_starts"):
             axis.axvline(index, color="#d62728", linestyle="--", linewidth=1, label="preference drift")
+        if day.get("served") is None and index + 1 < len(days) and days[index + 1].get("served") is not None:
+            axis.axvspan(-0.5, index + 0.5, color="#eeeeee", zorder=0, label="baseline (popularity ranking)")
+    axis.set_xticks(positions, [day["date"][5:] for day in days])
+    axis.set_xlim(-0.5, len(days) - 0.5)
     axis.set_ylabel("CTR")
-    axis.set_title("Served click-through rate per day and arm")
-    axis.legend(loc="best", fontsize=8)
+    axis.set_title("Click-through rate per day: what the users clicked, by arm")
+    axis.legend(loc="best", fontsize=7)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -195,12 +199,12 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"finished in {_number(summary.get('seconds'))} s; final champion: "
         f"**v{summary.get('final_champion')}**.",
         "",
-        "![served CTR per day](ctr.png)",
+        "![CTR per day](ctr.png)",
         "",
     ]
     lines += ["## Data per day", ""]
     lines += _table(
-        ["day", "events read", "loaded", "duplicates", "quarantined", "top quarantine reasons", "PII redacted"],
+        ["day", "events read", "loaded", "duplicates", "quarantined", "top quarantine reasons", "PII redacted", "CTR"],
         [
             [
                 day["date"] + (" (drift)" if day.get("drift_starts") else ""),
@@ -210,6 +214,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                 _number(_get(day, "ingest", "quarantined")),
                 ", ".join(f"{k}: {v}" for k, v in (_get(day, "ingest", "quarantined_by_reason") or {}).items()) or "-",
                 _number(sum((_get(day, "ingest", "redactions_by_type") or {}).values())),
+                _number(day.get("logged_ctr"), ".4f"),
             ]
             for day in days
         ],
@@ -337,7 +342,7 @@ def write_report(summary: Mapping[str, Any], directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "report.json").write_text(json.dumps(summary, indent=2, default=str))
     days = summary.get("days", [])
-    _plot_ctr([day for day in days if day.get("served")], directory / "ctr.png")
+    _plot_ctr(days, directory / "ctr.png")
     if summary.get("models"):
         _plot_auc(summary["models"], directory / "auc.png")
     path = directory / REPORT_FILE

@@ -202,6 +202,18 @@ def _canary_of(store: Any) -> str | None:
     return state.canary_version if state is not None else None
 
 
+def _serving(canary_version: str | None) -> bool:
+    """Whether the in-process service reports ``canary_version`` loaded as its canary (its own metrics)."""
+    from prometheus_client import REGISTRY
+
+    if canary_version is None:
+        return True  # the rollout ended meanwhile: nothing to wait for
+    value = REGISTRY.get_sample_value(
+        "loopline_serving_model_loaded", {"variant": "canary", "version": str(canary_version)}
+    )
+    return value == 1
+
+
 def drive_during_rollout(served: ServedDay, stop: threading.Event, pace: float, errors: list[BaseException]) -> None:
     """While a rollout runs, serve one simulated hour per ``pace`` wall seconds (so each step is looked at)."""
     from loopline.config import settings
@@ -211,6 +223,11 @@ def drive_during_rollout(served: ServedDay, stop: threading.Event, pace: float, 
     try:
         store = state_store(settings().rollout_state_uri)
         while not stop.is_set() and _canary_of(store) is None:
+            time.sleep(0.1)
+        # Serve nothing until the service has loaded the canary: its share of the first step's
+        # users would otherwise see the champion, and the step would judge nothing.
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline and not _serving(_canary_of(store)):
             time.sleep(0.1)
         while not stop.is_set() and not served.done and _canary_of(store) is not None:
             began = time.monotonic()
@@ -461,6 +478,8 @@ def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> dic
     days[-1]["ingest"] = _ingest_record(etl)
     say(f"{last_day} loopline_etl: {etl.state}  {_short(days[-1]['ingest'])}")
 
+    for record, (ctr, impressions) in zip(days, _logged_ctr(first_day, total_days), strict=True):
+        record["logged_ctr"], record["impressions"] = ctr, impressions
     report_dir = config.home / "reports" / run_id
     versions = _registered_versions()
     say(f"measuring versions {', '.join(versions)} against the oracle ...")
@@ -495,6 +514,20 @@ def _run_canary_with_traffic(dags: Dags, served: ServedDay, conf: dict[str, Any]
         driver.join(timeout=120)
         if errors:
             raise RuntimeError(f"traffic during the rollout failed: {errors[0]!r}") from errors[0]
+
+
+def _logged_ctr(first_day: date, days: int) -> list[tuple[float | None, int]]:
+    """(CTR, impressions) per day from the dbt mart ``training_examples``: what the ETL labelled."""
+    from loopline.config import settings
+    from loopline.warehouse import Warehouse
+
+    with Warehouse.from_uri(settings().warehouse_uri) as warehouse:
+        rows = warehouse.query(
+            "select event_date, avg(case when is_clicked then 1.0 else 0.0 end), count(*) "
+            "from training_examples group by event_date"
+        )
+    by_day = {str(day)[:10]: (float(ctr), int(count)) for day, ctr, count in rows}
+    return [by_day.get((first_day + timedelta(days=offset)).isoformat(), (None, 0)) for offset in range(days)]
 
 
 def _registered_versions() -> list[str]:

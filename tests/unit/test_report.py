@@ -72,7 +72,7 @@ def _summary() -> dict:
 def test_markdown_shows_each_days_numbers_and_says_when_no_candidate_reached_the_canary() -> None:
     markdown = render_markdown(_summary())
     assert "final champion: **v1**" in markdown
-    assert "| 2026-11-29 | 10 | 8 | 1 | 1 | invalid_json: 1 | 2 |" in markdown
+    assert "| 2026-11-29 | 10 | 8 | 1 | 1 | invalid_json: 1 | 2 | - |" in markdown
     assert "retrain (drifted_column_share = 0.6)" in markdown and "NOT_BLESSED vs v1" in markdown
     assert "| v1 | 0.6100 | 0.8000 | 37% |" in markdown
     assert "No candidate reached the canary." in markdown
