@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -90,15 +89,6 @@ def test_full_refresh_for_one_day_is_refused_before_dbt_runs(tmp_path: Path) -> 
     for not_a_day in ("2026-01-05", datetime(2026, 1, 5, tzinfo=UTC)):
         with pytest.raises(TypeError, match="run_date"):
             run_dbt(run_date=not_a_day, warehouse_uri=f"duckdb://{tmp_path}/w.duckdb")  # type: ignore[arg-type]
-
-
-def test_environment_is_restored_after_an_invocation(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOOPLINE_DBT_TARGET", "before")
-    monkeypatch.delenv("LOOPLINE_DBT_PG_HOST", raising=False)
-    with transform._environment({"LOOPLINE_DBT_TARGET": "stack", "LOOPLINE_DBT_PG_HOST": "h"}):
-        assert os.environ["LOOPLINE_DBT_TARGET"] == "stack" and os.environ["LOOPLINE_DBT_PG_HOST"] == "h"
-    assert os.environ["LOOPLINE_DBT_TARGET"] == "before"
-    assert "LOOPLINE_DBT_PG_HOST" not in os.environ
 
 
 def test_failure_message_names_each_failing_node_and_the_result_serialises() -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from loopline import cli
-from loopline.config import ConfigError, load_settings, mask_uri
+from loopline.config import ConfigError, environment, load_settings, mask_uri
 
 
 def test_local_profile_keeps_everything_under_home(isolated_home):
@@ -73,3 +74,12 @@ def test_cli_exits_2_with_the_message_on_a_bad_setting(monkeypatch, capsys):
     monkeypatch.setenv("LOOPLINE_PROFILE", "prod")
     assert cli.main(["config", "show"]) == 2
     assert "LOOPLINE_PROFILE" in capsys.readouterr().err
+
+
+def test_environment_block_sets_variables_then_restores_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOOPLINE_DBT_TARGET", "before")
+    monkeypatch.delenv("LOOPLINE_DBT_PG_HOST", raising=False)
+    with environment({"LOOPLINE_DBT_TARGET": "stack", "LOOPLINE_DBT_PG_HOST": "h"}):
+        assert os.environ["LOOPLINE_DBT_TARGET"] == "stack" and os.environ["LOOPLINE_DBT_PG_HOST"] == "h"
+    assert os.environ["LOOPLINE_DBT_TARGET"] == "before"
+    assert "LOOPLINE_DBT_PG_HOST" not in os.environ
