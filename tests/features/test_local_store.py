@@ -221,15 +221,21 @@ def test_online_values_equal_the_latest_offline_values(local_env: Env) -> None:
 def test_online_reports_missing_entities_and_reads_once(local_env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     features.materialize_interval(DAY_1, DAYS[-1] + timedelta(days=1), store=local_env.store)
     calls = []
-    original = local_env.store.get_online_features
-    monkeypatch.setattr(local_env.store, "get_online_features", lambda **kw: calls.append(kw) or original(**kw))
+    online_store = local_env.store._get_provider().online_store
+    original = online_store.online_read
+
+    def counted_read(config, table, entity_keys, requested_features=None):
+        calls.append((table.name, len(entity_keys)))
+        return original(config, table, entity_keys, requested_features)
+
+    monkeypatch.setattr(online_store, "online_read", counted_read)
     result = features.online(
         USERS[0],
         [ITEMS[0], "unknown-item", ITEMS[1], "unknown-item"],
         store=local_env.store,
         request_features={"request_at": at(DAYS[0], 5)},
     )
-    assert len(calls) == 1
+    assert sorted(calls) == [("item_features", 3), ("user_features", 1)]  # one read per view, each entity once
     assert result.missing_users == [] and result.missing_items == ["unknown-item"]
     assert result.columns["item_ctr_28d"][1] is None and result.columns["user_item_category_match"][1] is None
     assert result.columns["hour_of_day"] == [5] * 4
