@@ -18,8 +18,8 @@ Preference drift is injected on ``drift_day`` (the users' tastes rotate). The DA
 the demo's runs afterwards. The run report (Markdown and PNG plots, ``loopline.report``) lands in
 ``<LOOPLINE_HOME>/reports/<run id>/``.
 
-The days end today (UTC): the Feast feature views' TTL is two days, so features of simulated days
-older than that would read as missing at serving time.
+The simulated days end today (UTC), so event times, feature snapshots and the wall clock agree
+as they would in production (the canary's time limits count both event and wall time).
 
 This module lives with the operators because it drives Airflow; everything it calls that is not a
 DAG run is in the Airflow-free ``loopline`` package.
