@@ -10,34 +10,22 @@ test starts from clean ``LOOPLINE_*`` variables and counts only its own events).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from loopline.serving.sandbox import ServingWorld
 from tests.worlds import activated
 
 WORLD = {"users": 200, "items": 120, "days": 2, "events_per_day": 6_000, "versions": 2, "epochs": 2, "seed": 11}
 
 
 @dataclass
-class World:
-    """The session's world: its settings and what ``build_world`` reported."""
+class World(ServingWorld):
+    """The session's world: what ``build_world`` reported, and the settings it was built under."""
 
-    env: dict[str, str]
-    home: Path
-    user_ids: list[str]
-    item_ids: list[str]
-    versions: list[str]
-    seconds: dict[str, float]
-
-    @property
-    def champion(self) -> str:
-        return self.versions[0]
-
-    @property
-    def challenger(self) -> str:
-        return self.versions[-1]
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +37,7 @@ def serving_world(tmp_path_factory: pytest.TempPathFactory) -> World:
     env = {"LOOPLINE_HOME": str(home), "BENTOML_HOME": str(home / "bentoml")}
     with activated(env):
         built = build_world(**WORLD)
-    return World(env, home, built.user_ids, built.item_ids, built.versions, built.seconds)
+    return World(**vars(built), env=env)
 
 
 @dataclass
