@@ -9,13 +9,13 @@ In the same run, on the same world and the same request stream:
   behind a plain FastAPI app on uvicorn (one worker process);
 - the core called in-process with no HTTP at all (concurrency 1 only: the floor).
 
-For each concurrency (default 1, 8, 32) a closed loop of client threads (one keep-alive
-``http.client`` connection each) sends ``--requests`` requests after ``--warmup`` ones: known users,
+For each concurrency (default 1, 8, 32) a closed loop of clients (one keep-alive connection each,
+all on one asyncio loop) sends ``--requests`` requests after ``--warmup`` ones: known users,
 100 candidates each (a random sample of the catalog), ``k`` = 10. Printed: p50 / p90 / p99 latency,
 requests/s, and BentoML's throughput as a share of the plain app's.
 Targets (issue #8, this 2-core machine): p99 <= 20 ms at concurrency 8; BentoML >= 0.7x the plain app.
 
-The client threads share the machine with the server, as a load balancer would not: on 2 cores the
+The client shares the machine with the server, as a load balancer would not: on 2 cores the
 figures are a lower bound for both apps alike.
 
     .venv/bin/python benchmarks/serving.py                    # builds a small world in a temp dir (~1 min)
@@ -23,6 +23,7 @@ figures are a lower bound for both apps alike.
 """
 
 import argparse
+import asyncio
 import contextlib
 import http.client
 import json
@@ -36,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -77,7 +77,7 @@ def create_app():  # noqa: ANN201 - FastAPI is imported lazily
     app.add_middleware(RequestMetricsMiddleware)
 
     @app.post("/rank", response_model=None)
-    def rank(request: RankRequest, response: Response):  # noqa: ANN202
+    async def rank(request: RankRequest, response: Response):  # noqa: ANN202
         try:
             answer = state["runtime"].rank(request)
         except RankingError as error:
@@ -86,7 +86,7 @@ def create_app():  # noqa: ANN201 - FastAPI is imported lazily
         return answer
 
     @app.post("/feedback", response_model=None)
-    def feedback(request: FeedbackRequest):  # noqa: ANN202
+    async def feedback(request: FeedbackRequest):  # noqa: ANN202
         try:
             return state["runtime"].feedback(request)
         except RankingError as error:
@@ -192,47 +192,56 @@ def request_bodies(users: list[str], items: list[str], count: int, candidates: i
 
 
 def run_load(port: int, bodies: list[bytes], concurrency: int) -> tuple[list[float], float, int]:
-    """Send ``bodies`` over ``concurrency`` keep-alive connections; (latencies ms, wall seconds, errors)."""
+    """Send ``bodies`` over ``concurrency`` keep-alive connections; (latencies ms, wall seconds, errors).
+
+    One asyncio loop drives every connection with a minimal HTTP/1.1 client (a request, then the
+    response's headers and ``Content-Length`` bytes). Client threads would wait for each other's
+    turn at the GIL (up to 5 ms, ``sys.getswitchinterval``) before reading a response that has
+    arrived, and that wait would be counted as the server's latency.
+    """
+    return asyncio.run(_run_load(port, bodies, concurrency))
+
+
+async def _run_load(port: int, bodies: list[bytes], concurrency: int) -> tuple[list[float], float, int]:
     cursor = iter(range(len(bodies)))
-    lock = threading.Lock()
     latencies: list[float] = []
     errors = [0]
-    headers = {"Content-Type": "application/json"}
+    head = f"POST /rank HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
 
-    def worker() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        mine: list[float] = []
-        while True:
-            with lock:
-                index = next(cursor, None)
-            if index is None:
-                break
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", port)
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> int:
+        writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        header = await reader.readuntil(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = next(
+            (int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:")), None
+        )
+        if length is None:
+            raise ConnectionError("response without Content-Length")
+        await reader.readexactly(length)
+        return status
+
+    async def client() -> None:
+        reader, writer = await connect()
+        for index in cursor:
             started = time.perf_counter()
             try:
-                connection.request("POST", "/rank", body=bodies[index], headers=headers)
-                response = connection.getresponse()
-                response.read()
-                ok = response.status == 200
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                ok = await asyncio.wait_for(exchange(reader, writer, bodies[index]), 30) == 200
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+                writer.close()
+                reader, writer = await connect()
                 ok = False
-            elapsed = (time.perf_counter() - started) * 1000
             if ok:
-                mine.append(elapsed)
+                latencies.append((time.perf_counter() - started) * 1000)
             else:
-                with lock:
-                    errors[0] += 1
-        connection.close()
-        with lock:
-            latencies.extend(mine)
+                errors[0] += 1
+        writer.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
     return latencies, time.perf_counter() - started, errors[0]
 
 
@@ -288,7 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=800, help="timed requests per app and level")
     parser.add_argument("--warmup", type=int, default=150)
     parser.add_argument("--candidates", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=None, help="BentoML threads (LOOPLINE_SERVING_THREADS)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes of each app (default 1)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -312,8 +320,6 @@ def main(argv: list[str] | None = None) -> int:
             "LOOPLINE_SERVING_MODEL": f"loopline-ctr:v{champion}",
             CHAMPION_ENV: champion,
         }
-        if args.threads:
-            base_env["LOOPLINE_SERVING_THREADS"] = str(args.threads)
         base_env["LOOPLINE_SERVING_WORKERS"] = str(args.workers)
         if args.workers > 1:  # /feedback must find requests any worker served (the service does this itself)
             base_env["LOOPLINE_SERVING_INDEX_URI"] = (scratch / "served-requests.db").as_uri()

@@ -112,6 +112,15 @@ def request_features(inputs: dict) -> dict:
     def missing(value) -> bool:
         return value is None or (isinstance(value, float) and math.isnan(value))
 
+    def discount(position):
+        return None if missing(position) or position < 0 else 1.0 / math.log2(position + 2)
+
+    def hour(at):
+        return None if missing(at) else (at if at.tzinfo is None else at.astimezone(UTC)).hour
+
+    # A request's rows share their slot and time (and a training set repeats them): each distinct
+    # value is computed once (a missing one gives None either way).
+    discount_of, hour_of = {}, {}
     discounts, hours, matches, affinities = [], [], [], []
     for position, at, top_category, share, category in zip(
         inputs["position"],
@@ -121,18 +130,23 @@ def request_features(inputs: dict) -> dict:
         inputs["item_category"],
         strict=True,
     ):
-        discounts.append(None if missing(position) or position < 0 else 1.0 / math.log2(position + 2))
-        if missing(at):
-            hours.append(None)
+        if position in discount_of:
+            discounts.append(discount_of[position])
         else:
-            hours.append((at if at.tzinfo is None else at.astimezone(UTC)).hour)
+            discounts.append(discount_of.setdefault(position, discount(position)))
+        if at in hour_of:
+            hours.append(hour_of[at])
+        else:
+            hours.append(hour_of.setdefault(at, hour(at)))
         if missing(share) or missing(category):
             matches.append(None)
             affinities.append(None)
+        elif top_category == category and not missing(top_category):
+            matches.append(1)
+            affinities.append(float(share))
         else:
-            match = not missing(top_category) and top_category == category
-            matches.append(int(match))
-            affinities.append(float(share) if match else 0.0)
+            matches.append(0)
+            affinities.append(0.0)
     return {
         "position_discount": discounts,
         "hour_of_day": hours,

@@ -31,13 +31,11 @@ from loopline.serving.runtime import RankingRuntime, ServingConfig
 LOG = logging.getLogger("loopline.serving.service")
 MODEL_TAG = os.environ.get("LOOPLINE_SERVING_MODEL") or f"{BENTO_MODEL_NAME}:latest"
 WORKERS = int(os.environ.get("LOOPLINE_SERVING_WORKERS", "1"))
-THREADS = int(os.environ.get("LOOPLINE_SERVING_THREADS", "4"))
 
 
 @bentoml.service(
     name="loopline-ranker",
     workers=WORKERS,
-    threads=THREADS,
     traffic={"timeout": 30},
     envs=[
         {"name": "DO_NOT_TRACK", "value": "1"},
@@ -84,8 +82,12 @@ class RankingService:
         """Stop polling and flush every buffered event before the worker exits."""
         self.runtime.close()
 
+    # The endpoints are coroutines that run the ranker on the worker's event loop: their work is
+    # CPU-bound Python (a feature lookup from memory or a local store, a small model), which threads
+    # would only take turns at under the GIL, paying the hand-off and the GIL's 5 ms switch interval
+    # in the tail latency. Scale out with worker processes (LOOPLINE_SERVING_WORKERS).
     @bentoml.api(route="/rank")
-    def rank(self, request: RankRequest, /, ctx: bentoml.Context = None) -> RankResponse:  # type: ignore[assignment]
+    async def rank(self, request: RankRequest, /, ctx: bentoml.Context = None) -> RankResponse:  # type: ignore[assignment]
         """Rank ``item_ids`` (or the catalog) for ``user_id``; return the top ``k`` with scores."""
         try:
             response = self.runtime.rank(request)
@@ -96,7 +98,7 @@ class RankingService:
         return response
 
     @bentoml.api(route="/feedback")
-    def feedback(self, request: FeedbackRequest, /, ctx: bentoml.Context = None) -> FeedbackResponse:  # type: ignore[assignment]
+    async def feedback(self, request: FeedbackRequest, /, ctx: bentoml.Context = None) -> FeedbackResponse:  # type: ignore[assignment]
         """Log a click, add_to_cart or purchase on an item of a list ``/rank`` served."""
         try:
             response = self.runtime.feedback(request)

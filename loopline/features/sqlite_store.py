@@ -13,6 +13,8 @@ table management and the on-disk layout are Feast's, unchanged. Configure it wit
 from __future__ import annotations
 
 import functools
+import sqlite3
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
@@ -25,6 +27,8 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
 
 STORE_TYPE = "loopline.features.sqlite_store.LooplineSqliteOnlineStore"
+# Entities whose decoded rows one connection keeps (per view and feature list; then it starts over).
+MAX_CACHED_ENTITIES = 200_000
 
 
 class LooplineSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
@@ -64,6 +68,114 @@ class LooplineSqliteOnlineStore(SqliteOnlineStore):
             if wanted is None or feature in wanted:
                 entry[1][feature] = parse(value)
         return [_entry(found.get(key)) for key in keys]
+
+    def online_read_values(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        entity_keys: list[EntityKeyProto],
+        requested_features: Sequence[str],
+    ) -> list[tuple[datetime | None, tuple | None]]:
+        """``online_read`` with the values decoded: per key, its event time and the Python value of
+        each of ``requested_features`` in that order (None where absent or null); ``(None, None)``
+        for a key without rows. The tuples are shared between calls: read them, do not change them.
+
+        The serving path (``loopline.features.online``) reads through this. Rows already read are
+        kept per connection and answered from memory while SQLite's ``PRAGMA data_version`` says
+        no other connection has committed since (a materialization, a re-apply); writes through
+        this store object drop them too. So the answer is always what the table holds now, and
+        the same items' ~1,100 rows are not fetched and decoded again for every request.
+        """
+        if not entity_keys:
+            return []
+        version = config.entity_key_serialization_version
+        keys = [_serialized_key(key.SerializeToString(), version) for key in entity_keys]
+        name = _quote_id(_table_id(config.project, table, config.registry.enable_online_feature_view_versioning))
+        features = tuple(requested_features)
+        conn = self._get_conn(config)
+        cache = self._read_cache(conn).setdefault((name, features), {})
+        missing = [key for key in dict.fromkeys(keys) if key not in cache]
+        if missing:
+            fetched = _fetch_values(conn, name, missing, features)
+            if len(cache) + len(fetched) > MAX_CACHED_ENTITIES:
+                cache.clear()
+            cache.update(fetched)
+            return [cache.get(key) or fetched[key] for key in keys]
+        return [cache[key] for key in keys]
+
+    def _read_cache(self, conn: sqlite3.Connection) -> dict:
+        """This connection's cached rows, emptied when another connection has committed since."""
+        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        with self._cache_lock:
+            state = self._cache_state
+            if state is None or state[0] is not conn or state[1] != data_version:
+                state = self._cache_state = (conn, data_version, {})
+            return state[2]
+
+    def online_write_batch(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - Feast's signature
+        try:
+            return super().online_write_batch(*args, **kwargs)
+        finally:
+            self._forget_reads()
+
+    def update(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        try:
+            return super().update(*args, **kwargs)
+        finally:
+            self._forget_reads()
+
+    def teardown(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        try:
+            return super().teardown(*args, **kwargs)
+        finally:
+            self._forget_reads()
+
+    def _forget_reads(self) -> None:
+        """Writes through this connection do not change its data_version: drop the cached rows."""
+        with self._cache_lock:
+            self._cache_state = None
+
+    @functools.cached_property
+    def _cache_lock(self) -> threading.Lock:
+        return threading.Lock()
+
+    _cache_state: tuple[sqlite3.Connection, int, dict] | None = None
+
+
+def _fetch_values(
+    conn: sqlite3.Connection, name: str, keys: list[bytes], features: tuple[str, ...]
+) -> dict[bytes, tuple]:
+    """The rows of ``keys`` in table ``name``: key -> (event time, values of ``features``) or (None, None)."""
+    sql = f"SELECT entity_key, feature_name, value, event_ts + 0 FROM {name} WHERE entity_key IN ({_marks(keys)})"
+    slot = {feature: index for index, feature in enumerate(features)}
+    found: dict[bytes, list] = {}
+    for key, feature, value, stamp in conn.execute(sql, keys).fetchall():
+        entry = found.get(key)
+        if entry is None:
+            entry = found[key] = [stamp, [None] * len(slot)]
+        elif stamp is not None and (entry[0] is None or stamp > entry[0]):
+            entry[0] = stamp
+        index = slot.get(feature)
+        if index is not None:
+            entry[1][index] = _python_value(value)
+    rows: dict[bytes, tuple] = {}
+    for key in keys:
+        entry = found.get(key)
+        rows[key] = (None, None) if entry is None else (_moment_or_none(entry[0]), tuple(entry[1]))
+    return rows
+
+
+def _python_value(raw: bytes | None) -> object:
+    """A stored ``Value`` proto as Python (None when unset or null), as ``features._values`` reads it."""
+    if raw is None:
+        return None
+    value = ValueProto.FromString(raw)
+    kind = value.WhichOneof("val")
+    return None if kind is None or kind == "null_val" else getattr(value, kind)
+
+
+def _moment_or_none(stamp: int | None) -> datetime | None:
+    return None if stamp is None else _moment(stamp)
 
 
 def _marks(values: Sequence[object]) -> str:

@@ -17,6 +17,7 @@ and logged (never silently).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -38,10 +39,14 @@ LOG = logging.getLogger(__name__)
 _FIELDS = tuple(field.name for field in dataclasses.fields(Event))
 
 
+# The impressions of one served list share their time: format each moment once.
+_timestamp = functools.lru_cache(maxsize=1024)(format_timestamp)
+
+
 def event_line(event: Event) -> bytes:
     """``event.to_json_line()`` byte for byte, without ``dataclasses.asdict``'s deep copies (5x faster)."""
     record = {name: getattr(event, name) for name in _FIELDS}
-    record["event_at"] = format_timestamp(event.event_at)
+    record["event_at"] = _timestamp(event.event_at)
     return orjson.dumps(record) + b"\n"
 
 

@@ -222,13 +222,13 @@ def test_online_reports_missing_entities_and_reads_once(local_env: Env, monkeypa
     features.materialize_interval(DAY_1, DAYS[-1] + timedelta(days=1), store=local_env.store)
     calls = []
     online_store = local_env.store._get_provider().online_store
-    original = online_store.online_read
+    original = online_store.online_read_values  # the SQLite store's read that online() uses
 
-    def counted_read(config, table, entity_keys, requested_features=None):
+    def counted_read(config, table, entity_keys, requested_features):
         calls.append((table.name, len(entity_keys)))
         return original(config, table, entity_keys, requested_features)
 
-    monkeypatch.setattr(online_store, "online_read", counted_read)
+    monkeypatch.setattr(online_store, "online_read_values", counted_read)
     result = features.online(
         USERS[0],
         [ITEMS[0], "unknown-item", ITEMS[1], "unknown-item"],
@@ -252,6 +252,56 @@ def test_online_reports_missing_entities_and_reads_once(local_env: Env, monkeypa
         features.online(USERS[0], [ITEMS[0]], store=local_env.store, request_features={"position": [1, 2]})
     with pytest.raises(FeatureStoreError, match="item_ids"):
         features.online(USERS[0], [], store=local_env.store)
+
+
+def test_online_answers_what_the_table_holds_after_every_write(local_env: Env) -> None:
+    """The SQLite store keeps rows it has read while ``PRAGMA data_version`` says nothing changed: a
+    materialization through another connection (another process's store), or through the same
+    store object, is seen by the very next lookup."""
+    store, marts = local_env.store, local_env.marts
+    end = DAYS[-1] + timedelta(days=1)
+    features.materialize_interval(DAY_1, end, store=store)
+    first = features.online(USERS[0], list(ITEMS), store=store)
+    assert features.online(USERS[0], list(ITEMS), store=store).columns == first.columns  # from memory
+
+    marts.add_user(USERS[0], end, ctr_28d=0.987)
+    marts.add_item(ITEMS[0], end, ctr_28d=0.654)
+    write_marts(local_env.warehouse_uri, marts)
+    other = features.feature_store()  # its own online-store object, so its own SQLite connection
+    assert other._get_provider().online_store is not store._get_provider().online_store
+    features.materialize_interval(end, end + timedelta(days=1), store=other)
+    after = features.online(USERS[0], list(ITEMS), store=store)
+    assert after.columns["user_ctr_28d"] == [0.987] * len(ITEMS)
+    assert after.columns["item_ctr_28d"][0] == 0.654
+    assert after.columns["item_ctr_28d"][1:] == first.columns["item_ctr_28d"][1:]
+
+    later = end + timedelta(days=1)
+    marts.add_item(ITEMS[1], later, ctr_28d=0.321)
+    write_marts(local_env.warehouse_uri, marts)
+    features.materialize_interval(later, later + timedelta(days=1), store=store)  # this connection
+    assert features.online(USERS[0], list(ITEMS), store=store).columns["item_ctr_28d"][:2] == [0.654, 0.321]
+
+
+def test_the_on_demand_function_gives_what_feasts_transform_gives(local_env: Env) -> None:
+    """``online`` calls the registered Python function directly; Feast's ``transform_dict`` agrees."""
+    odfv = local_env.store.get_on_demand_feature_view("request_features")
+    nan = float("nan")
+    inputs = {
+        "position": [0, 3, None, nan, -1, 3],
+        "request_at": [at(DAYS[0], 5), None, at(DAYS[0], 23), at(DAYS[0], 5), at(DAYS[1], 0), at(DAYS[0], 5)],
+        "user_top_category_28d": ["shoes", "shoes", None, "bags", nan, "bags"],
+        "user_top_category_share_28d": [0.5, 0.25, 0.5, None, 0.75, 0.4],
+        "item_category": ["shoes", "bags", "shoes", "bags", "shoes", None],
+    }
+    ours = features._transform(odfv, inputs)
+    theirs = odfv.transform_dict(inputs)
+    assert set(ours) == {feature.name for feature in odfv.features}
+    for name in ours:
+        assert ours[name] == theirs[name], name
+    assert ours["position_discount"] == [1.0, 1 / math.log2(5), None, None, None, 1 / math.log2(5)]
+    assert ours["hour_of_day"] == [5, None, 23, 5, 0, 5]
+    assert ours["user_item_category_match"] == [1, 0, 0, None, 0, None]
+    assert ours["user_item_category_affinity"] == [0.5, 0.0, 0.0, None, 0.0, None]
 
 
 def test_the_lean_sqlite_read_returns_what_feasts_read_returns(local_env: Env) -> None:

@@ -7,6 +7,7 @@ loaded, promoted and replaced) and the round trip of served events through ``ing
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -82,13 +83,18 @@ def test_service_methods_called_directly(served):
     try:
         _wait_for(service.__is_ready__, what="models loaded")
         world = served.world
-        ranked = service.rank(RankRequest(user_id=world.user_ids[0], item_ids=world.item_ids[:10], k=3))
+        # The endpoints are coroutines (they run on the worker's event loop).
+        ranked = asyncio.run(service.rank(RankRequest(user_id=world.user_ids[0], item_ids=world.item_ids[:10], k=3)))
         assert isinstance(ranked, RankResponse) and len(ranked.items) == 3
-        feedback = service.feedback(
-            FeedbackRequest(request_id=ranked.request_id, item_id=ranked.items[0].item_id, event_type="click")
+        feedback = asyncio.run(
+            service.feedback(
+                FeedbackRequest(request_id=ranked.request_id, item_id=ranked.items[0].item_id, event_type="click")
+            )
         )
         assert feedback.position == 1 and feedback.model_version == ranked.model_version
-        unknown = service.feedback(FeedbackRequest(request_id="r-unknown", item_id="i", event_type="click"))
+        unknown = asyncio.run(
+            service.feedback(FeedbackRequest(request_id="r-unknown", item_id="i", event_type="click"))
+        )
         assert isinstance(unknown, JSONResponse) and unknown.status_code == 404
         assert service.packaged_or_alias_version() in world.versions  # no Bento model: the champion alias
     finally:
