@@ -37,9 +37,15 @@ def window(rows: int, seed: int, *, shift: bool = False) -> pd.DataFrame:
 
 
 def html_verdicts(html: str) -> dict[str, str]:
-    """Per column, Evidently's "Detected" / "Not Detected" from the data-drift table in the HTML."""
-    found = re.findall(r'"column_name": "([^"]+)", "column_type".*?"data_drift": "((?:Not )?Detected)"', html)
-    return dict(found)
+    """Per column, "Detected" / "Not Detected" from the "Drift by column" table in the HTML."""
+    row = r'\["([^"]+)", "(?:numerical|categorical)", "[^"]*", "[^"]*", "[^"]*", "((?:Not )?Detected)"\]'
+    return dict(re.findall(row, html))
+
+
+def html_column_widgets(html: str) -> dict[str, str]:
+    """Per column, the verdict of its own ValueDrift widget ("Drift in column 'x'": "detected"...)."""
+    counter = r'"value": "Drift in column \'([^\']+)\'", "label": "Data drift ((?:not )?detected)\.'
+    return dict(re.findall(counter, html))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,6 +114,9 @@ def test_shifted_columns_are_named_in_the_html_and_json_reports(tmp_path):
         "position": "Not Detected",
         "device": "Not Detected",
     }
+    assert list(verdicts)[:2] == ["item_ctr_28d", "item_category"]  # drifted columns head the table
+    assert html_column_widgets(html) == {column: verdict.lower() for column, verdict in verdicts.items()}
+    assert "Dataset Drift is detected. Dataset drift detection threshold is 0.3" in html
 
     snapshot = json.loads((out / "drift_report.json").read_text(encoding="utf-8"))
     per_column = {m["config"]["column"]: m for m in snapshot["metrics"] if m["config"]["type"].endswith(":ValueDrift")}
@@ -122,6 +131,66 @@ def test_shifted_columns_are_named_in_the_html_and_json_reports(tmp_path):
     assert decision.outcome == "retrain"
     assert decision.report_uri == result.html_uri
     assert "item_ctr_28d, item_category" in decision.reasons[0]
+
+
+def evidently_datasets(current: pd.DataFrame, reference: pd.DataFrame):
+    from evidently import DataDefinition, Dataset
+
+    definition = DataDefinition(numerical_columns=NUMERICAL, categorical_columns=CATEGORICAL)
+    columns = NUMERICAL + CATEGORICAL
+    return (
+        Dataset.from_pandas(current[columns].reset_index(drop=True), data_definition=definition),
+        Dataset.from_pandas(reference[columns].reset_index(drop=True), data_definition=definition),
+    )
+
+
+@pytest.mark.parametrize("rows", [3000, 600], ids=["distances", "p-values"])
+def test_the_gate_preset_has_the_stock_presets_metrics_tests_and_json(rows):
+    """DataDriftGatePreset changes only the HTML: with the same options, its snapshot's metrics
+    (methods, thresholds, values, drifted count and share) and tests equal DataDriftPreset's."""
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    from loopline.drift import drift_gate_preset
+
+    current, reference = evidently_datasets(window(rows, 70, shift=True), window(rows, 71))
+    options = {"drift_share": 0.3, "cat_method": "psi", "num_threshold": 0.2}
+    stock = Report([DataDriftPreset(**options)], include_tests=True).run(current, reference).dict()
+    gate = Report([drift_gate_preset()(**options)], include_tests=True).run(current, reference).dict()
+
+    assert gate == stock
+    configs = {m["config"].get("column"): m["config"] for m in gate["metrics"]}
+    assert configs["device"]["method"] == configs["item_category"]["method"] == "psi"  # options reach the metrics
+    assert configs["price"]["threshold"] == 0.2
+    assert len(gate["tests"]) == 1 + len(NUMERICAL + CATEGORICAL)
+
+
+def test_each_column_is_tested_twice_by_the_gate_preset_and_three_times_by_the_stock_one(monkeypatch):
+    """The stock preset tests every column for its ValueDrift metric, for DriftedColumnsCount's
+    legacy DatasetDriftMetric and again for the legacy DataDriftTable it draws; the gate preset
+    draws its HTML from results already computed, so the third pass (and its figures) is gone."""
+    from evidently import Report
+    from evidently.legacy.calculations import data_drift
+    from evidently.metrics import column_statistics
+    from evidently.presets import DataDriftPreset
+
+    from loopline.drift import drift_gate_preset
+
+    calls: list[str] = []
+    real = data_drift.get_one_column_drift
+
+    def counted(**kwargs):  # Evidently's own function, only counted
+        calls.append(kwargs["column_name"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(data_drift, "get_one_column_drift", counted)  # DatasetDriftMetric, DataDriftTable
+    monkeypatch.setattr(column_statistics, "get_one_column_drift", counted)  # ValueDrift
+    current, reference = evidently_datasets(window(1500, 80, shift=True), window(1500, 81))
+
+    for preset, passes in ((drift_gate_preset(), 2), (DataDriftPreset, 3)):
+        calls.clear()
+        Report([preset(drift_share=0.3)], include_tests=True).run(current, reference)  # renders too
+        assert sorted(calls) == sorted((NUMERICAL + CATEGORICAL) * passes), preset.__name__
 
 
 @pytest.mark.parametrize("rows", [3000, 600], ids=["distances", "p-values"])
