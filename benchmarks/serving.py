@@ -191,22 +191,34 @@ def request_bodies(users: list[str], items: list[str], count: int, candidates: i
     ]
 
 
-def run_load(port: int, bodies: list[bytes], concurrency: int) -> tuple[list[float], float, int]:
+def run_load(
+    port: int, bodies: list[bytes], concurrency: int, *, keep_alive: bool = True
+) -> tuple[list[float], float, int]:
     """Send ``bodies`` over ``concurrency`` keep-alive connections; (latencies ms, wall seconds, errors).
 
     One asyncio loop drives every connection with a minimal HTTP/1.1 client (a request, then the
     response's headers and ``Content-Length`` bytes). Client threads would wait for each other's
     turn at the GIL (up to 5 ms, ``sys.getswitchinterval``) before reading a response that has
     arrived, and that wait would be counted as the server's latency.
+
+    ``keep_alive=False``: a new connection per request (``Connection: close``), so each request goes
+    to whichever worker process accepts it first, i.e. one that is not busy. With keep-alive, each
+    connection stays with the worker that accepted it, and a few connections opened at once are
+    often accepted by one worker (asyncio accepts a burst in one go): the other core then idles,
+    which a load balancer spreading requests over the workers would not let happen.
     """
-    return asyncio.run(_run_load(port, bodies, concurrency))
+    return asyncio.run(_run_load(port, bodies, concurrency, keep_alive))
 
 
-async def _run_load(port: int, bodies: list[bytes], concurrency: int) -> tuple[list[float], float, int]:
+async def _run_load(
+    port: int, bodies: list[bytes], concurrency: int, keep_alive: bool
+) -> tuple[list[float], float, int]:
     cursor = iter(range(len(bodies)))
     latencies: list[float] = []
     errors = [0]
     head = f"POST /rank HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    if not keep_alive:
+        head += "Connection: close\r\n"
 
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection("127.0.0.1", port)
@@ -225,20 +237,26 @@ async def _run_load(port: int, bodies: list[bytes], concurrency: int) -> tuple[l
         return status
 
     async def client() -> None:
-        reader, writer = await connect()
+        reader, writer = await connect() if keep_alive else (None, None)
         for index in cursor:
             started = time.perf_counter()
             try:
+                if not keep_alive:  # the connection's set-up counts in the request's latency
+                    reader, writer = await connect()
                 ok = await asyncio.wait_for(exchange(reader, writer, bodies[index]), 30) == 200
+                if not keep_alive:
+                    writer.close()
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
-                writer.close()
-                reader, writer = await connect()
+                if writer is not None:
+                    writer.close()
+                reader, writer = await connect() if keep_alive else (None, None)
                 ok = False
             if ok:
                 latencies.append((time.perf_counter() - started) * 1000)
             else:
                 errors[0] += 1
-        writer.close()
+        if writer is not None:
+            writer.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
@@ -298,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=150)
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--workers", type=int, default=1, help="worker processes of each app (default 1)")
+    parser.add_argument(
+        "--connection-per-request",
+        action="store_true",
+        help="a new connection per request (spreads requests over the workers), not one keep-alive connection each",
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -352,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                 for server in servers:  # the same request stream for both apps
                     warm = request_bodies(users, items, args.warmup, args.candidates, seed=level)
                     bodies = request_bodies(users, items, args.requests, args.candidates, seed=1000 + level)
-                    run_load(server.port, warm, level)
-                    latencies, seconds, errors = run_load(server.port, bodies, level)
+                    keep_alive = not args.connection_per_request
+                    run_load(server.port, warm, level, keep_alive=keep_alive)
+                    latencies, seconds, errors = run_load(server.port, bodies, level, keep_alive=keep_alive)
                     results.append(Result(server.name, level, latencies, seconds, errors))
                     print(
                         f"  {server.name:8s} concurrency {level:3d}: {len(latencies) / seconds:7.1f} req/s", flush=True
@@ -363,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             for server in servers:
                 server.stop()
             shutil.rmtree(scratch, ignore_errors=True)  # served logs, server logs, the rollout file
-        print_table(results, in_process, levels, args.workers)
+        connections = "a new connection per request" if args.connection_per_request else "keep-alive connections"
+        print_table(results, in_process, levels, args.workers, connections)
     return 0
 
 
@@ -391,10 +416,10 @@ def measure_core_in_process(root: Path, scratch: Path, champion: str, users, ite
     return Result("core in-process", 1, latencies, seconds, 0)
 
 
-def print_table(results: list[Result], in_process: Result, levels: list[int], workers: int) -> None:
+def print_table(results: list[Result], in_process: Result, levels: list[int], workers: int, connections: str) -> None:
     load = os.getloadavg()[0]
     print(f"\n/rank, {len(results[0].latencies_ms)} timed requests per row, 100 candidates, k=10, "
-          f"{workers} worker process(es) per app "
+          f"{workers} worker process(es) per app, {connections} "
           f"(load average {load:.1f} at the end)")  # fmt: skip
     header = f"{'app':16s} {'conc':>4s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'errors':>6s}"
     print(header)
