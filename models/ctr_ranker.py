@@ -121,6 +121,11 @@ class CtrNet(nn.Module):
     def position_logit(self, position_index: Tensor) -> Tensor:
         return self.position_bias(position_index).squeeze(1)
 
+    @torch.jit.ignore
+    def position_parameters(self) -> list[nn.Parameter]:
+        """The position tower's parameters (the training may give them their own learning rate)."""
+        return list(self.position_bias.parameters())
+
 
 class CtrScorer(nn.Module):
     """The serving module: raw inputs in, click probabilities out; all preprocessing is inside.

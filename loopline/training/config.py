@@ -83,6 +83,7 @@ class Training(_Section):
     learning_rate: float = Field(gt=0.0)
     weight_decay: float = Field(ge=0.0)
     embedding_l2: float = Field(ge=0.0)
+    position_learning_rate_scale: float = Field(gt=0.0)
     patience: int = Field(ge=0)
     min_delta: float = Field(ge=0.0)
     validation_days: int = Field(ge=1)

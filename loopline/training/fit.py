@@ -144,13 +144,21 @@ def _days(frame: pd.DataFrame, column: str) -> list[str]:
     return sorted({d.isoformat() for d in day_of(frame, column).unique()})
 
 
-def make_optimizers(net: nn.Module, learning_rate: float, weight_decay: float) -> list[torch.optim.Optimizer]:
+def make_optimizers(
+    net: nn.Module, learning_rate: float, weight_decay: float, position_learning_rate_scale: float = 1.0
+) -> list[torch.optim.Optimizer]:
     """SparseAdam for sparse embedding tables (only a batch's rows move; untouched rows keep their
-    near-zero start, "an unknown id"), AdamW for everything else."""
+    near-zero start, "an unknown id"), AdamW for everything else; the position tower's parameters
+    learn ``position_learning_rate_scale`` times faster and without weight decay."""
     sparse_ids = {id(module.weight) for module in net.modules() if isinstance(module, nn.Embedding) and module.sparse}
+    position_ids = {id(p) for p in net.position_parameters()} if hasattr(net, "position_parameters") else set()
     sparse = [p for p in net.parameters() if id(p) in sparse_ids]
-    dense = [p for p in net.parameters() if id(p) not in sparse_ids]
-    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=learning_rate, weight_decay=weight_decay)]
+    position = [p for p in net.parameters() if id(p) in position_ids]
+    dense = [p for p in net.parameters() if id(p) not in sparse_ids and id(p) not in position_ids]
+    groups: list[dict[str, Any]] = [{"params": dense}]
+    if position:
+        groups.append({"params": position, "lr": learning_rate * position_learning_rate_scale, "weight_decay": 0.0})
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)]
     if sparse:
         optimizers.append(torch.optim.SparseAdam(sparse, lr=learning_rate))
     return optimizers
@@ -172,6 +180,7 @@ def fit_network(
     pos_weight: float = 1.0,
     soft_targets: torch.Tensor | None = None,
     embedding_l2: float = 0.0,
+    position_learning_rate_scale: float = 1.0,
     log_prefix: str = "",
 ) -> tuple[list[dict[str, float]], int]:
     """Mini-batch AdamW on the (weighted) log loss, early stopping on validation log loss.
@@ -185,7 +194,7 @@ def fit_network(
     dense_train = scorer.prepare_numeric(train.numeric)
     targets = soft_targets if soft_targets is not None else train.label
     weights = torch.where(train.label > 0.5, torch.tensor(pos_weight), torch.tensor(1.0)) if pos_weight != 1 else None
-    optimizers = make_optimizers(net, learning_rate, weight_decay)
+    optimizers = make_optimizers(net, learning_rate, weight_decay, position_learning_rate_scale)
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(net.state_dict())
     history: list[dict[str, float]] = []
     stale = 0
@@ -295,6 +304,7 @@ def train_model(
             seed=seed,
             pos_weight=t.pos_weight,
             embedding_l2=t.embedding_l2,
+            position_learning_rate_scale=t.position_learning_rate_scale,
         )
         seconds = time.perf_counter() - started
         holdout_metrics = evaluate_scorer(scorer, spec, holdout, config, holdout_data)
