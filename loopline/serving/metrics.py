@@ -33,6 +33,7 @@ class ServingMetrics:
     model_swaps: Any  # Counter
     model_load_errors: Any  # Counter
     fallbacks: Any  # Counter[kind]: missing_user / missing_item / catalog_candidates
+    explored: Any  # Counter[variant]: requests shown their top k in a random order (exploration)
     events_logged: Any  # Counter[event_type]
     events_written: Any  # Counter
     event_write_errors: Any  # Counter
@@ -104,6 +105,11 @@ def serving_metrics() -> ServingMetrics:
                 "Explicit fallbacks: missing_user (a user without online features, scored with missing "
                 "features), missing_item (per item), catalog_candidates (a request without item_ids).",
                 ["kind"],
+            ),
+            explored=Counter(
+                f"{PREFIX}_explored_requests",
+                "Requests whose top k were shown in a random order (exploration, LOOPLINE_SERVING_EXPLORE_SHARE).",
+                ["variant"],
             ),
             events_logged=Counter(
                 f"{PREFIX}_events_logged", "Schema v1 events buffered for the log store, by event type.", ["event_type"]

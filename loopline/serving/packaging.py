@@ -639,7 +639,11 @@ def rank_response_problems(
             problems.append(f"items[{index}]: {item['item_id']!r} was not a candidate")
         seen.add(item["item_id"])
         scores.append(float(score))
-    if any(later > earlier for earlier, later in zip(scores, scores[1:], strict=False)):
+    explored = body.get("explored", False)
+    if not isinstance(explored, bool):
+        problems.append(f"explored: expected a boolean, got {explored!r}"[:200])
+    # An exploration request shows its top k in a random order (docs/serving.md, "Exploration").
+    if explored is not True and any(later > earlier for earlier, later in zip(scores, scores[1:], strict=False)):
         problems.append("items are not sorted by descending score")
     return problems
 

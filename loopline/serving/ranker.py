@@ -13,7 +13,11 @@ and the tests all call ``Ranker.rank`` / ``Ranker.feedback`` directly. One ``/ra
    ``loopline_serving_fallbacks_total`` metric and in the response's ``fallback`` field;
 6. one model call scores all candidates; the top ``k`` are returned with a new ``request_id`` (a
    UUID4), ``model_version`` (``loopline-ctr/<N>``) and ``variant``;
-7. one ``impression`` event per returned item (position 1..k) is buffered for the log store, and
+   With ``explore_share`` > 0, that share of requests (decided by the request id, see ``explores``)
+   gets the same top ``k`` in a uniformly random order ("RandTop-k" exploration, ``explored`` in the
+   response): the logs then hold items at slots their score did not choose, which lets training
+   tell the slot's effect from the item's (docs/training.md, "Counterfactual quality");
+7. one ``impression`` event per returned item (position 1..k, as shown) is buffered for the log store, and
    the request is remembered in a bounded index so ``/feedback`` can log clicks, add-to-carts and
    purchases with the same user, position, model version and variant.
 """
@@ -136,6 +140,9 @@ class RankResponse(BaseModel):
     model_version: str = Field(description="loopline-ctr/<MLflow version>")
     variant: Literal["champion", "canary"]
     fallback: Fallback
+    explored: bool = Field(
+        default=False, description="True: the top k are shown in a random order (exploration), not by score."
+    )
 
 
 class FeedbackResponse(BaseModel):
@@ -301,6 +308,7 @@ class Ranker:
     :param catalog: candidates when a request has none (``Catalog.items()``); None: item_ids required.
     :param events: where impressions and feedback go (``EventLogger``); None: not logged.
     :param metrics: ``ServingMetrics`` for the fallback counters; None: not counted.
+    :param explore_share: share of requests shown their top k in a random order (``explores``).
     """
 
     def __init__(
@@ -313,7 +321,11 @@ class Ranker:
         metrics: Any | None = None,
         index: RequestIndex | SqliteRequestIndex | None = None,
         clock: Callable[[], datetime] | None = None,
+        explore_share: float = 0.0,
     ):
+        if not 0.0 <= explore_share <= 1.0:
+            raise ValueError(f"explore_share: expected a share in [0, 1], got {explore_share}")
+        self.explore_share = explore_share
         self.models = models
         self.lookup = lookup
         self.catalog = catalog
@@ -352,6 +364,9 @@ class Ranker:
             ) from error
         top = np.argsort(-scores, kind="stable")[: request.k]
         request_id = str(uuid.uuid4())
+        explored = explores(request_id, self.explore_share)
+        if explored:
+            top = top[shown_order(request_id, len(top))]
         version = served_model_version(str(model.version))
         user_missing = bool(features.missing_users)
         fallback = Fallback(
@@ -364,6 +379,8 @@ class Ranker:
                 self.metrics.fallbacks.labels(kind="missing_item").inc(len(features.missing_items))
             if from_catalog:
                 self.metrics.fallbacks.labels(kind="catalog_candidates").inc()
+            if explored:
+                self.metrics.explored.labels(variant=variant).inc()
         prices = features.columns.get(PRICE_FEATURE)
         context = request.context or DEFAULT_CONTEXT
         given_at = parse_timestamp(context.event_at) if context.event_at else None
@@ -390,7 +407,12 @@ class Ranker:
                 partition_at=given_at,
             )
         return RankResponse(
-            items=ranked, request_id=request_id, model_version=version, variant=variant, fallback=fallback
+            items=ranked,
+            request_id=request_id,
+            model_version=version,
+            variant=variant,
+            fallback=fallback,
+            explored=explored,
         )
 
     def feedback(self, request: FeedbackRequest) -> FeedbackResponse:
@@ -418,6 +440,22 @@ class Ranker:
             model_version=served.model_version,
             variant=served.variant,
         )
+
+
+def explores(request_id: str, share: float) -> bool:
+    """Whether the request with ``request_id`` (a UUID) is an exploration request at ``share``.
+
+    A function of the id alone (its first 32 bits as a fraction of 2**32), so the decision can be
+    recomputed from the logs; both variants explore the same share, so the A/B analysis stays fair.
+    """
+    if share <= 0.0:
+        return False
+    return int(request_id.replace("-", "")[:8], 16) / 2**32 < share
+
+
+def shown_order(request_id: str, count: int) -> np.ndarray:
+    """A uniformly random permutation of ``range(count)``, seeded by ``request_id`` (reproducible)."""
+    return np.random.default_rng(uuid.UUID(request_id).int).permutation(count)
 
 
 def _price(value: Any) -> float:

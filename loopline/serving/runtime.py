@@ -59,6 +59,7 @@ class ServingConfig:
     freeze_gc: bool = True  # after the first load, gc.freeze() what is alive (see freeze_long_lived_objects)
     state_uri: str = ""  # rollout state store; empty: the rollout_state_uri setting
     log_store_uri: str = ""  # event log; empty: the log_store_uri setting
+    explore_share: float = 0.0  # share of requests shown their top k in a random order (see ranker.explores)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServingConfig:
@@ -84,6 +85,8 @@ class ServingConfig:
         for name in ("poll_seconds", "flush_seconds", "catalog_refresh_seconds", "index_requests", "torch_threads"):
             if getattr(config, name) <= 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected a positive number, got {getattr(config, name)}")
+        if not 0.0 <= config.explore_share <= 1.0:
+            raise ValueError(f"{ENV_PREFIX}EXPLORE_SHARE: expected a share in [0, 1], got {config.explore_share}")
         return config
 
 
@@ -151,6 +154,7 @@ class RankingRuntime:
             events=self.events,
             metrics=self.metrics,
             index=request_index(self.config.index_uri, self.config.index_requests),
+            explore_share=self.config.explore_share,
         )
 
     def _swapped(self, snapshot: ServingModels, previous: ServingModels | None) -> None:

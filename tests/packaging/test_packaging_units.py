@@ -72,6 +72,9 @@ GOOD = {
 def test_a_good_rank_response_has_no_problems():
     assert rank_response_problems(GOOD, k=2, expected_model_version="loopline-ctr/3", item_ids=["i1", "i2"]) == []
     assert rank_response_problems(GOOD, k=5, expected_model_version="loopline-ctr/3") == []
+    # An exploration request shows its top k in a random order.
+    shuffled = {**GOOD, "items": GOOD["items"][::-1], "explored": True}
+    assert rank_response_problems(shuffled, k=2, expected_model_version="loopline-ctr/3", item_ids=["i1", "i2"]) == []
 
 
 @pytest.mark.parametrize(
@@ -85,6 +88,7 @@ def test_a_good_rank_response_has_no_problems():
         ({"items": [{"item_id": "i2", "score": "high"}, {"item_id": "i1", "score": 0.1}]}, "finite number"),
         ({"items": [{"item_id": "i2", "score": 0.4}]}, "1 items, expected 2"),
         ({"variant": None}, "variant"),
+        ({"explored": "yes"}, "explored: expected a boolean"),
     ],
 )
 def test_each_schema_violation_is_named(change: dict, problem: str):

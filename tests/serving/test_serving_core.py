@@ -6,6 +6,7 @@ Unit level: ``Ranker``, ``ModelCache`` and ``RankingRuntime`` are called directl
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 import uuid
 
@@ -19,15 +20,19 @@ from loopline.registry import RegistryError
 from loopline.serving.catalog import Catalog, latest_snapshot_ids
 from loopline.serving.model_store import bento_tag, find_version, load_version
 from loopline.serving.models import WARM_UP_CALLS, ModelCache, ModelsNotReadyError, score_candidates
-from loopline.serving.ranker import FeedbackRequest, RankRequest, UnknownRequestError
+from loopline.serving.ranker import FeedbackRequest, RankRequest, UnknownRequestError, explores, shown_order
 from loopline.serving.routing import CANARY, CHAMPION, FileStateStore, TrafficState, assign_variant
-from loopline.serving.runtime import RankingRuntime
+from loopline.serving.runtime import RankingRuntime, ServingConfig
 
 pytestmark = pytest.mark.slow
 
 
 def _fallbacks(kind: str) -> float:
     return REGISTRY.get_sample_value("loopline_serving_fallbacks_total", {"kind": kind}) or 0.0
+
+
+def _explored(variant: str) -> float:
+    return REGISTRY.get_sample_value("loopline_serving_explored_requests_total", {"variant": variant}) or 0.0
 
 
 def _wait_for(condition, timeout: float = 30.0) -> None:
@@ -128,6 +133,57 @@ def test_feedback_logs_the_served_position_and_refuses_unknown_requests(runtime,
     not_shown = next(item for item in world.item_ids[:20] if item not in {i.item_id for i in ranked.items})
     with pytest.raises(UnknownRequestError, match="was not in the list"):
         runtime.feedback(FeedbackRequest(request_id=ranked.request_id, item_id=not_shown, event_type="click"))
+
+
+def test_exploration_shows_the_same_top_k_in_a_random_order_and_logs_it_as_shown(served):
+    world = served.world
+    runtime = RankingRuntime(ServingConfig(explore_share=1.0), default_champion=lambda: world.champion)
+    runtime.start(wait=True)
+    try:
+        items, user = world.item_ids[:30], world.user_ids[2]
+        scores = score_candidates(load_version(world.champion), user, items, features.online(user, items).columns)
+        by_score = sorted(zip(items, scores, strict=True), key=lambda pair: -pair[1])[:8]
+        before = _explored(CHAMPION)
+        orders = set()
+        for _ in range(6):
+            response = runtime.rank(RankRequest(user_id=user, item_ids=items, k=8))
+            assert response.explored is True
+            shown = [item.item_id for item in response.items]
+            assert sorted(shown) == sorted(item for item, _ in by_score)  # the same top 8 ...
+            assert dict((item.item_id, item.score) for item in response.items) == pytest.approx(dict(by_score))
+            top_ids = [item for item, _ in by_score]
+            assert shown == [top_ids[i] for i in shown_order(response.request_id, 8)]  # in the id's order
+            orders.add(tuple(shown))
+            answer = runtime.feedback(
+                FeedbackRequest(request_id=response.request_id, item_id=shown[0], event_type="click")
+            )
+            assert answer.position == 1  # the slot it was shown in, not its rank by score
+        assert len(orders) > 1 and _explored(CHAMPION) == before + 6
+        runtime.events.flush()
+        store = runtime.events.store
+        logged = [parse_line(line) for obj in runtime.events.objects for line in store.iter_lines(obj)]
+        last = [
+            event for event in logged if event.request_id == response.request_id and event.event_type == "impression"
+        ]
+        assert [event.item_id for event in sorted(last, key=lambda event: event.position)] == shown
+    finally:
+        runtime.close()
+
+
+def test_which_requests_explore_is_a_function_of_the_request_id():
+    draw = random.Random(5)
+    ids = [str(uuid.UUID(int=draw.getrandbits(128), version=4)) for _ in range(20_000)]
+    assert not any(explores(request_id, 0.0) for request_id in ids)
+    assert all(explores(request_id, 1.0) for request_id in ids)
+    share = sum(explores(request_id, 0.1) for request_id in ids) / len(ids)
+    assert abs(share - 0.1) < 3 * (0.1 * 0.9 / len(ids)) ** 0.5  # within 3 standard errors
+    assert explores("19999999-0000-4000-8000-000000000000", 0.1) and not explores(
+        "1a000000-0000-4000-8000-000000000000", 0.1
+    )
+    assert sorted(shown_order(ids[0], 10)) == list(range(10))
+    assert (shown_order(ids[0], 10) == shown_order(ids[0], 10)).all()
+    with pytest.raises(ValueError, match="EXPLORE_SHARE"):
+        ServingConfig.from_env({"LOOPLINE_SERVING_EXPLORE_SHARE": "1.5"})
 
 
 def test_a_simulated_time_is_the_events_time_and_partition(runtime, served):

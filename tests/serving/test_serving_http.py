@@ -110,7 +110,7 @@ def test_rank_and_feedback_over_http(client, served):
     response = client.post("/rank", json={"user_id": world.user_ids[0], "item_ids": world.item_ids[:50], "k": 5})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"items", "request_id", "model_version", "variant", "fallback"}
+    assert set(body) == {"items", "request_id", "model_version", "variant", "fallback", "explored"}
     assert response.headers["x-loopline-variant"] == body["variant"] == CHAMPION
     assert body["model_version"] == f"loopline-ctr/{world.champion}"
     assert [set(item) for item in body["items"]] == [{"item_id", "score"}] * 5
