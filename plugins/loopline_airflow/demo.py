@@ -80,6 +80,9 @@ class DemoOptions:
     fresh: bool = True  # start from empty stores (local profile only)
     canary_policy: dict[str, Any] = field(default_factory=lambda: dict(DEMO_CANARY_POLICY))
     poke_seconds: float = 1.0  # between the canary sensors' looks (the DAG's default: 5 minutes)
+    # Share of lists shown in a random order (exploration), by the baseline's popularity ranking and
+    # by the service: the logs then tell an item's appeal from its slot's (docs/serving.md).
+    explore_share: float = 0.1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,11 +271,16 @@ def reset_local_stores(home: Path) -> list[str]:
     return removed
 
 
-def serving_environment() -> Any:
-    """Quick state polling and log flushing for the in-process service (a demo day lasts seconds)."""
+def serving_environment(explore_share: float = 0.0) -> Any:
+    """Quick state polling and log flushing for the in-process service (a demo day lasts seconds),
+    and its exploration share."""
     from loopline.config import environment
 
-    wanted = {"LOOPLINE_SERVING_POLL_SECONDS": "0.2", "LOOPLINE_SERVING_FLUSH_SECONDS": "0.5"}
+    wanted = {
+        "LOOPLINE_SERVING_POLL_SECONDS": "0.2",
+        "LOOPLINE_SERVING_FLUSH_SECONDS": "0.5",
+        "LOOPLINE_SERVING_EXPLORE_SHARE": str(explore_share),
+    }
     return environment({name: os.environ.get(name) or value for name, value in wanted.items()})
 
 
@@ -346,6 +354,7 @@ def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> dic
     from loopline.report import model_quality, oracle_sample, write_report
     from loopline.serving.packaging import ensure_bentoml_home
     from loopline.simulate import load_world, simulate
+    from loopline.simulate.policies import PopularityPolicy
 
     started = time.perf_counter()
     config = settings()
@@ -385,7 +394,7 @@ def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> dic
         drift_day=options.drift_day,
         pii_rate=0.02,
         malformed_rate=0.001,
-        policy="popularity",
+        policy=PopularityPolicy(exploration_share=options.explore_share),
         truth_dir=truth_dir,
     )
     world = load_world(truth_dir)
@@ -402,7 +411,7 @@ def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> dic
         for index in range(baseline)
     ]
     service: Service | None = None
-    with serving_environment():
+    with serving_environment(options.explore_share):
         try:
             for index in range(total_days - 1):
                 day = first_day + timedelta(days=index)
@@ -582,6 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--seconds-per-hour", type=float, default=defaults.seconds_per_hour)
+    parser.add_argument(
+        "--explore-share", type=float, default=defaults.explore_share, help="share of lists shown in random order"
+    )
     parser.add_argument("--no-fresh", dest="fresh", action="store_false", help="keep the stores of an earlier run")
     args = parser.parse_args(argv)
     if args.days < 1:
@@ -596,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         epochs=args.epochs,
         seconds_per_hour=args.seconds_per_hour,
+        explore_share=args.explore_share,
         fresh=args.fresh,
     )
     # Third-party libraries warn loudly about their own deprecations; the demo shows Loopline's output.
