@@ -18,8 +18,10 @@ Preference drift is injected on ``drift_day`` (the users' tastes rotate). The DA
 the demo's runs afterwards. The run report (Markdown and PNG plots, ``loopline.report``) lands in
 ``<LOOPLINE_HOME>/reports/<run id>/``.
 
-The simulated days end today (UTC), so event times, feature snapshots and the wall clock agree
-as they would in production (the canary's time limits count both event and wall time).
+The simulated days end yesterday (UTC), so event times, feature snapshots and the wall clock agree
+as they would in production (the canary's time limits count both event and wall time), and every
+served hour is already past: the canary's analysis ignores events more than an hour ahead of the
+wall clock, so a served day ending today stalled its rollouts at the current hour.
 
 This module lives with the operators because it drives Airflow; everything it calls that is not a
 DAG run is in the Airflow-free ``loopline`` package.
@@ -370,8 +372,8 @@ def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> dic
     config.home.mkdir(parents=True, exist_ok=True)
     ensure_bentoml_home()
     baseline = options.baseline_days
-    total_days = baseline + options.days  # the last one is today
-    first_day = datetime.now(UTC).date() - timedelta(days=total_days - 1)
+    total_days = baseline + options.days  # the last one is yesterday
+    first_day = datetime.now(UTC).date() - timedelta(days=total_days)
     say(
         f"Loopline demo {run_id}: {baseline} baseline days from {first_day}, then {options.days} served days; "
         f"home {config.home}"

@@ -58,8 +58,10 @@ def _wait(condition: Any, what: str, timeout: float = 30.0) -> None:
 def _run(service: Any, controller: RolloutController, candidate: str, *, tamper: Any = None) -> tuple[Any, list]:
     """Start a rollout of ``candidate`` and drive hours of traffic until it ends; returns (rollout, looks)."""
     day_index = service.world.days  # today: the online features are fresh
-    today = service.world.start_date + timedelta(days=day_index)
-    start = datetime(today.year, today.month, today.day, tzinfo=UTC)
+    # The simulated hours are the last MAX_HOURS hours of the wall clock: the analysis ignores events
+    # more than an hour ahead of it, so hours later today would never count (a test run at 03:00
+    # UTC stalled at its 04:00 events).
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=MAX_HOURS)
     rollout = controller.start(candidate, actor="tests", reason="scenario", event_start=start)
     if tamper is not None:
         tamper()
