@@ -49,34 +49,6 @@ def expected_auc(probabilities: np.ndarray, scores: np.ndarray) -> float:
     return float(total / (positive.sum() * negative.sum()))
 
 
-def simulate_world(root: Path, args: argparse.Namespace):  # noqa: ANN201 - returns the World
-    """``args.days`` logged days through the policy, then one random day; logs and truth under ``root``."""
-    from loopline.logstore import LogStore
-    from loopline.simulate.policies import PopularityPolicy, RandomPolicy
-    from loopline.simulate.run import Simulator, TruthWriter
-    from loopline.simulate.world import World
-
-    start = date(2024, 3, 1)
-    world = World.build(args.users, args.items, args.seed, start_date=start, days=args.days + 1)
-    store = LogStore.from_uri((root / "logs").as_uri())
-    logged = RandomPolicy() if args.policy == "random" else PopularityPolicy(exploration_share=args.exploration_share)
-    simulation = {
-        "start_date": start.isoformat(),
-        "days": args.days + 1,
-        "seed": args.seed,
-        "world": world.parameters(),
-    }
-    with TruthWriter(root / "truth", world, simulation) as truth:
-        simulator = Simulator(world, logged, store, events_per_day=args.events_per_day, truth=truth)
-        for day in range(args.days):
-            simulator.run_day(day)
-        simulator.policy = RandomPolicy()
-        simulator.run_day(args.days)
-        simulator.flush()
-        truth.close(simulator.summary)
-    return world
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=60)
@@ -91,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
 
+    from loopline.simulate import PopularityPolicy, RandomPolicy, World, simulate_with_random_day
     from loopline.training import frame_from_simulation, load_config, train_model
     from loopline.training.data import encode
     from loopline.training.fit import (
@@ -106,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="loopline-bench-counterfactual-") as scratch:
         root = Path(scratch)
         started = time.perf_counter()
-        world = simulate_world(root, args)
-        frame = frame_from_simulation((root / "logs").as_uri(), root / "truth")
+        world = World.build(args.users, args.items, args.seed, start_date=date(2024, 3, 1), days=args.days + 1)
+        logged_policy = (
+            RandomPolicy() if args.policy == "random" else PopularityPolicy(exploration_share=args.exploration_share)
+        )
+        log_uri, truth_dir = simulate_with_random_day(root, world, logged_policy, events_per_day=args.events_per_day)
+        frame = frame_from_simulation(log_uri, truth_dir)
         simulated = time.perf_counter() - started
     random_day = frame["event_date"].max()
     logged, tested = frame[frame["event_date"] < random_day], frame[frame["event_date"] == random_day]

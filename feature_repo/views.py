@@ -130,14 +130,12 @@ def request_features(inputs: dict) -> dict:
         inputs["item_category"],
         strict=True,
     ):
-        if position in discount_of:
-            discounts.append(discount_of[position])
-        else:
-            discounts.append(discount_of.setdefault(position, discount(position)))
-        if at in hour_of:
-            hours.append(hour_of[at])
-        else:
-            hours.append(hour_of.setdefault(at, hour(at)))
+        if position not in discount_of:
+            discount_of[position] = discount(position)
+        discounts.append(discount_of[position])
+        if at not in hour_of:
+            hour_of[at] = hour(at)
+        hours.append(hour_of[at])
         if missing(share) or missing(category):
             matches.append(None)
             affinities.append(None)

@@ -1041,10 +1041,10 @@ def _read_values(plan: _OnlinePlan, read: _ViewRead, keys: list[Any]) -> list[tu
         return read_values(plan.config, read.view, keys, read.features)
     # A fresh list: Feast's Redis store appends its timestamp field to the list it is given.
     rows = plan.online_store.online_read(plan.config, read.view, keys, list(read.features))
-    return [(stamp, None if values is None else _values(values, read.features)) for stamp, values in rows]
+    return [(stamp, None if values is None else proto_values(values, read.features)) for stamp, values in rows]
 
 
-def _values(values: Mapping[str, Any] | None, names: Sequence[str]) -> list[Any]:
+def proto_values(values: Mapping[str, Any] | None, names: Sequence[str]) -> list[Any]:
     """The Python values of ``names`` in a row of ``Value`` protos (None where absent, unset or null)."""
     if values is None:
         return [None] * len(names)

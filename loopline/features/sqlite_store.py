@@ -86,6 +86,8 @@ class LooplineSqliteOnlineStore(SqliteOnlineStore):
         this store object drop them too. So the answer is always what the table holds now, and
         the same items' ~1,100 rows are not fetched and decoded again for every request.
         """
+        from loopline.features import proto_values
+
         if not entity_keys:
             return []
         version = config.entity_key_serialization_version
@@ -94,14 +96,18 @@ class LooplineSqliteOnlineStore(SqliteOnlineStore):
         features = tuple(requested_features)
         conn = self._get_conn(config)
         cache = self._read_cache(conn).setdefault((name, features), {})
-        missing = [key for key in dict.fromkeys(keys) if key not in cache]
-        if missing:
-            fetched = _fetch_values(conn, name, missing, features)
-            if len(cache) + len(fetched) > MAX_CACHED_ENTITIES:
-                cache.clear()
-            cache.update(fetched)
-            return [cache.get(key) or fetched[key] for key in keys]
-        return [cache[key] for key in keys]
+        missing = {key: proto for key, proto in zip(keys, entity_keys, strict=True) if key not in cache}
+        if not missing:
+            return [cache[key] for key in keys]
+        rows = self.online_read(config, table, list(missing.values()), features)
+        fetched = {
+            key: (stamp, None if values is None else tuple(proto_values(values, features)))
+            for key, (stamp, values) in zip(missing, rows, strict=True)
+        }
+        if len(cache) + len(fetched) > MAX_CACHED_ENTITIES:
+            cache.clear()
+        cache.update(fetched)
+        return [fetched[key] if key in fetched else cache[key] for key in keys]
 
     def _read_cache(self, conn: sqlite3.Connection) -> dict:
         """This connection's cached rows, emptied when another connection has committed since."""
@@ -140,42 +146,6 @@ class LooplineSqliteOnlineStore(SqliteOnlineStore):
         return threading.Lock()
 
     _cache_state: tuple[sqlite3.Connection, int, dict] | None = None
-
-
-def _fetch_values(
-    conn: sqlite3.Connection, name: str, keys: list[bytes], features: tuple[str, ...]
-) -> dict[bytes, tuple]:
-    """The rows of ``keys`` in table ``name``: key -> (event time, values of ``features``) or (None, None)."""
-    sql = f"SELECT entity_key, feature_name, value, event_ts + 0 FROM {name} WHERE entity_key IN ({_marks(keys)})"
-    slot = {feature: index for index, feature in enumerate(features)}
-    found: dict[bytes, list] = {}
-    for key, feature, value, stamp in conn.execute(sql, keys).fetchall():
-        entry = found.get(key)
-        if entry is None:
-            entry = found[key] = [stamp, [None] * len(slot)]
-        elif stamp is not None and (entry[0] is None or stamp > entry[0]):
-            entry[0] = stamp
-        index = slot.get(feature)
-        if index is not None:
-            entry[1][index] = _python_value(value)
-    rows: dict[bytes, tuple] = {}
-    for key in keys:
-        entry = found.get(key)
-        rows[key] = (None, None) if entry is None else (_moment_or_none(entry[0]), tuple(entry[1]))
-    return rows
-
-
-def _python_value(raw: bytes | None) -> object:
-    """A stored ``Value`` proto as Python (None when unset or null), as ``features._values`` reads it."""
-    if raw is None:
-        return None
-    value = ValueProto.FromString(raw)
-    kind = value.WhichOneof("val")
-    return None if kind is None or kind == "null_val" else getattr(value, kind)
-
-
-def _moment_or_none(stamp: int | None) -> datetime | None:
-    return None if stamp is None else _moment(stamp)
 
 
 def _marks(values: Sequence[object]) -> str:

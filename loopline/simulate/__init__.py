@@ -28,6 +28,7 @@ from loopline.simulate.run import (
     load_world,
     simulate,
     simulate_day,
+    simulate_with_random_day,
 )
 from loopline.simulate.traffic import DayTraffic, generate_day
 from loopline.simulate.world import World
@@ -56,4 +57,5 @@ __all__ = [
     "register_cli",
     "simulate",
     "simulate_day",
+    "simulate_with_random_day",
 ]

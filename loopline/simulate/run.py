@@ -23,7 +23,7 @@ from loopline import events
 from loopline.config import settings
 from loopline.logstore import LogStore
 from loopline.simulate.malformed import MalformedLineMaker
-from loopline.simulate.policies import HttpPolicy, Policy, make_policy
+from loopline.simulate.policies import HttpPolicy, Policy, RandomPolicy, make_policy
 from loopline.simulate.text import python_random
 from loopline.simulate.traffic import (
     DEFAULT_CANDIDATES,
@@ -427,6 +427,35 @@ def simulate(
         if isinstance(ranking_policy, HttpPolicy):
             ranking_policy.close()
     return summary
+
+
+def simulate_with_random_day(
+    directory: Path, world: World, policy: Policy | str, *, events_per_day: int
+) -> tuple[str, Path]:
+    """Every day of ``world`` but the last ranked by ``policy``, the last one ranked at random.
+
+    The random day shows every item at every slot: what a model trained on the logged days would
+    face when it ranks (a counterfactual test set). Logs go to ``directory/logs``, the truth to
+    ``directory/truth``; returns both, for ``loopline.training.frame_from_simulation``.
+    """
+    directory = Path(directory)
+    log_uri = (directory / "logs").as_uri()
+    simulation = {
+        "out_uri": log_uri,
+        "start_date": world.start_date.isoformat(),
+        "days": world.days,
+        "seed": world.seed,
+        "world": world.parameters(),
+    }
+    with TruthWriter(directory / "truth", world, simulation) as truth:
+        simulator = Simulator(world, policy, LogStore.from_uri(log_uri), events_per_day=events_per_day, truth=truth)
+        for day in range(world.days - 1):
+            simulator.run_day(day)
+        simulator.policy = RandomPolicy()
+        simulator.run_day(world.days - 1)
+        simulator.flush()
+        truth.close(simulator.summary)
+    return log_uri, directory / "truth"
 
 
 def simulate_day(

@@ -13,11 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from loopline.logstore import LogStore
-from loopline.simulate import simulate
-from loopline.simulate.policies import RandomPolicy
-from loopline.simulate.run import Simulator, TruthWriter
-from loopline.simulate.world import World
+from loopline.simulate import World, simulate, simulate_with_random_day
 from loopline.training import ModelConfig, TrainedModel, comparison, frame_from_simulation, load_config, train_model
 
 # 60 users x 40 items, 6 days of ~12k impressions: enough clicks per user and item for the id
@@ -76,21 +72,10 @@ def random_day(tmp_path_factory: pytest.TempPathFactory) -> RandomDay:
     it ranks (every item at every slot). The first days replay the ``simulation`` fixture exactly
     (same world, seed and policy), so the day's features come from the same history."""
     root = tmp_path_factory.mktemp("random-day-world")
-    log_uri = (root / "logs").as_uri()
     days = WORLD["days"] + 1
     world = World.build(WORLD["users"], WORLD["items"], WORLD["seed"], start_date=date(2024, 3, 1), days=days)
-    parameters = {"out_uri": log_uri, "start_date": "2024-03-01", "days": days, "seed": WORLD["seed"]}
-    with TruthWriter(root / "truth", world, {**parameters, "world": world.parameters()}) as truth:
-        simulator = Simulator(
-            world, "popularity", LogStore.from_uri(log_uri), events_per_day=WORLD["events_per_day"], truth=truth
-        )
-        for day in range(WORLD["days"]):
-            simulator.run_day(day)
-        simulator.policy = RandomPolicy()
-        simulator.run_day(WORLD["days"])
-        simulator.flush()
-        truth.close(simulator.summary)
-    frame = frame_from_simulation(log_uri, root / "truth")
+    log_uri, truth_dir = simulate_with_random_day(root, world, "popularity", events_per_day=WORLD["events_per_day"])
+    frame = frame_from_simulation(log_uri, truth_dir)
     return RandomDay(frame[frame["event_date"] == frame["event_date"].max()].reset_index(drop=True), world)
 
 
