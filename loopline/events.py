@@ -7,6 +7,7 @@ code here is part of the contract.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from dataclasses import asdict, dataclass
@@ -119,6 +120,22 @@ def parse_timestamp(text: str) -> datetime | None:
     if moment.utcoffset() is None or moment.utcoffset().total_seconds() != 0:
         return None
     return moment.astimezone(UTC)
+
+
+def uuid4_texts(count: int) -> list[str]:
+    """``count`` random version-4 UUIDs in canonical text form, as ``str(uuid.uuid4())`` gives them.
+
+    One ``os.urandom`` call for all of them: ``/rank`` needs one per request and per impression,
+    and ``uuid.uuid4()`` builds a UUID object for each (2.5 us; this takes 0.7 us).
+    """
+    raw = bytearray(os.urandom(16 * count))
+    texts = []
+    for start in range(0, 16 * count, 16):
+        raw[start + 6] = (raw[start + 6] & 0x0F) | 0x40  # version 4
+        raw[start + 8] = (raw[start + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        digits = raw[start : start + 16].hex()
+        texts.append(f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}")
+    return texts
 
 
 def _is_uuid(text: str) -> bool:

@@ -24,7 +24,6 @@ and the tests all call ``Ranker.rank`` / ``Ranker.feedback`` directly. One ``/ra
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 import threading
 import uuid
@@ -40,8 +39,9 @@ import numpy as np
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from loopline.events import MAX_ID_LENGTH, MAX_QUERY_LENGTH, Event, parse_timestamp
+from loopline.events import MAX_ID_LENGTH, MAX_QUERY_LENGTH, SCHEMA_VERSION, Event, parse_timestamp, uuid4_texts
 from loopline.registry import MODEL_NAME
+from loopline.serving.eventlog import timestamp_text
 from loopline.serving.models import ModelCache, score_candidates
 
 # Documented limits (docs/serving.md); a request outside them gets HTTP 400.
@@ -261,7 +261,7 @@ class SqliteRequestIndex:
         return connection
 
     def add(self, request_id: str, served: ServedRequest) -> None:
-        document = orjson.dumps(dataclasses.asdict(served))
+        document = orjson.dumps(served)  # orjson writes dataclasses (and tuples as arrays) itself
         connection = self._connection()
         connection.execute("INSERT OR REPLACE INTO served_requests VALUES (?, ?)", (request_id, document))
         self._added += 1
@@ -363,7 +363,7 @@ class Ranker:
                 f"model {served_model_version(str(model.version))} failed to score: {error}", variant=variant
             ) from error
         top = np.argsort(-scores, kind="stable")[: request.k]
-        request_id = str(uuid.uuid4())
+        request_id, *event_ids = uuid4_texts(1 + len(top))
         explored = explores(request_id, self.explore_share)
         if explored:
             top = top[shown_order(request_id, len(top))]
@@ -402,10 +402,7 @@ class Ranker:
         )
         self.index.add(request_id, served)
         if self.events is not None:
-            self.events.log(
-                (_event("impression", served_at, request_id, served, item_id) for item_id in positions),
-                partition_at=given_at,
-            )
+            self.events.log_lines(impression_lines(request_id, served, served_at, event_ids), partition_at=given_at)
         return RankResponse(
             items=ranked,
             request_id=request_id,
@@ -465,6 +462,39 @@ def _price(value: Any) -> float:
     except (TypeError, ValueError):
         return 0.0
     return price if 0.0 <= price < 1e9 else 0.0
+
+
+def impression_lines(request_id: str, served: ServedRequest, moment: datetime, event_ids: Sequence[str]) -> list[bytes]:
+    """The schema v1 JSON lines of a served list's impressions, in ``served.positions`` order.
+
+    Byte for byte ``Event(...).to_json_line()`` of each impression (a test holds them equal), with
+    ``event_ids`` as their ids; one record is reused with the per-item fields changed, which is
+    about five times faster than building an ``Event`` per item.
+    """
+    record = {
+        "event_id": "",
+        "event_type": "impression",
+        "event_at": timestamp_text(moment),
+        "user_id": served.user_id,
+        "item_id": "",
+        "request_id": request_id,
+        "position": 0,
+        "model_version": served.model_version,
+        "variant": served.variant,
+        "page": served.page,
+        "device": served.device,
+        "price": 0.0,
+        "query": served.query,
+        "schema_version": SCHEMA_VERSION,
+    }
+    lines = []
+    for event_id, (item_id, (position, price)) in zip(event_ids, served.positions.items(), strict=True):
+        record["event_id"] = event_id
+        record["item_id"] = item_id
+        record["position"] = position
+        record["price"] = price
+        lines.append(orjson.dumps(record) + b"\n")
+    return lines
 
 
 def _event(event_type: str, moment: datetime, request_id: str, served: ServedRequest, item_id: str) -> Event:

@@ -173,6 +173,10 @@ def test_bentoml_serve_ranks_swaps_reports_metrics_and_flushes_on_stop(server, s
     # A graceful stop (SIGTERM, as an orchestrator sends) flushes every buffered event.
     process.send_signal(signal.SIGTERM)
     process.wait(60)
+    # BentoML's access log skips the hot paths by default (LOOPLINE_SERVING_ACCESS_LOG), not the others.
+    access = [line for line in log.read_text(errors="replace").splitlines() if "(scheme=http,method=" in line]
+    assert any("path=/metrics" in line for line in access), _tail(log)
+    assert not any("path=/rank" in line or "path=/feedback" in line for line in access), access[:5]
     store = LogStore.from_uri(served.log_uri)
     events = []
     for day_dir in sorted(served.log_dir.glob("dt=*")):
@@ -187,7 +191,11 @@ def test_two_workers_share_the_feedback_index(served, tmp_path):
     """With two worker processes, feedback may reach the other worker: it still finds the request."""
     FileStateStore(served.state_path).write(TrafficState(champion_version=served.world.champion))
     world = served.world
-    with serving(served, tmp_path, LOOPLINE_SERVING_WORKERS="2") as (client, process, log):
+    with serving(served, tmp_path, LOOPLINE_SERVING_WORKERS="2", LOOPLINE_SERVING_ACCESS_LOG="true") as (
+        client,
+        process,
+        log,
+    ):
         statuses = Counter()
         for index in range(24):
             # A new connection per request, so the kernel spreads them over both workers' accept queue.
@@ -205,3 +213,6 @@ def test_two_workers_share_the_feedback_index(served, tmp_path):
     producers = {obj.producer for day in served.log_dir.glob("dt=*")
                  for obj in store.list(datetime.strptime(day.name[3:], "%Y-%m-%d").date())}  # fmt: skip
     assert len(producers) == 2, (producers, workers_seen)  # both workers served and logged
+    access = [line for line in log.read_text(errors="replace").splitlines() if "(scheme=http,method=" in line]
+    assert sum("path=/rank" in line for line in access) == 24, _tail(log)  # asked for: hot paths logged too
+    assert sum("path=/feedback" in line for line in access) == 24

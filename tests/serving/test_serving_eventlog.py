@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from datetime import UTC, datetime
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from loopline.events import Event, parse_line
+from loopline.events import Event, parse_line, uuid4_texts
 from loopline.logstore import LogStore
 from loopline.serving.eventlog import EventLogger, event_line, producer_name
+from loopline.serving.ranker import ServedRequest, impression_lines
+from loopline.serving.ranker import _event as served_event
 
 
 def _event(index: int, **changes) -> Event:
@@ -58,6 +61,40 @@ def test_event_line_is_byte_identical_to_the_schema_serialisation(query):
     assert line == event.to_json_line()
     parsed = parse_line(line)
     assert isinstance(parsed, Event) and parsed.event_id == event.event_id and parsed.query == query
+
+
+@pytest.mark.parametrize("query", [None, "red dress ü"])
+def test_impression_lines_are_byte_identical_to_one_event_per_item(query):
+    served = ServedRequest(
+        user_id="u 7",
+        model_version="loopline-ctr/4",
+        variant="canary",
+        page="search",
+        device="mobile",
+        query=query,
+        positions={"item-b": (1, 19.99), "item-ä": (2, 0.0), "item-a": (3, 1e6)},
+    )
+    moment = datetime(2026, 3, 1, 23, 59, 59, 999999, tzinfo=UTC)
+    request_id, *event_ids = uuid4_texts(4)
+    lines = impression_lines(request_id, served, moment, event_ids)
+    expected = []
+    for event_id, item_id in zip(event_ids, served.positions, strict=True):
+        event = served_event("impression", moment, request_id, served, item_id)
+        expected.append(dataclasses.replace(event, event_id=event_id).to_json_line())
+    assert lines == expected
+    assert [parse_line(line).position for line in lines] == [1, 2, 3]
+
+
+def test_uuid4_texts_are_distinct_canonical_version_4_uuids():
+    texts = uuid4_texts(2_000)
+    assert len(set(texts)) == 2_000
+    for text in texts:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert uuid4_texts(0) == []
+    # Every random bit is used: each hex digit outside the fixed version/variant ones takes many values.
+    digits = [{text[index] for text in texts} for index in range(36) if index not in (8, 13, 14, 18, 19, 23)]
+    assert all(len(seen) == 16 for seen in digits)
 
 
 def test_producer_names_are_unique_and_valid_log_object_names(tmp_path):
