@@ -969,16 +969,13 @@ def online(
 
     index_of = {item: index for index, item in enumerate(dict.fromkeys(items))}  # distinct items, first seen first
     distinct = list(index_of)
-    entity_keys = {
-        plan.user_join_key: [_entity_key(plan.user_join_key, user_id)],
-        plan.item_join_key: [_entity_key(plan.item_join_key, item) for item in distinct],
-    }
+    entity_ids = {plan.user_join_key: [user_id], plan.item_join_key: distinct}
     order = None if len(distinct) == count else [index_of[item] for item in items]
     columns: dict[str, list[Any]] = {}
     user_found = False
     item_found = [False] * len(distinct)
     for read in plan.reads:
-        rows = _read_values(plan, read, entity_keys[read.join_key])
+        rows = _read_values(plan, read, entity_ids[read.join_key])
         if read.join_key == plan.user_join_key:
             stamp, values = rows[0]
             user_found = user_found or _found(stamp, values)
@@ -1031,14 +1028,17 @@ def _found(stamp: datetime | None, values: Mapping[str, Any] | None) -> bool:
     return (stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)) != _EPOCH
 
 
-def _read_values(plan: _OnlinePlan, read: _ViewRead, keys: list[Any]) -> list[tuple[datetime | None, list | None]]:
-    """One view's rows for ``keys``: event time and the Python values of ``read.features`` in order.
+def _read_values(
+    plan: _OnlinePlan, read: _ViewRead, entity_ids: list[str]
+) -> list[tuple[datetime | None, Sequence | None]]:
+    """One view's rows for ``entity_ids``: event time and the Python values of ``read.features`` in order.
 
     Through the store's ``online_read_values`` where it has one (our SQLite store: decoded values
-    are remembered), else Feast's ``online_read`` and the protos decoded here."""
+    are remembered), else Feast's ``online_read`` of the entity keys and the protos decoded here."""
     read_values = getattr(plan.online_store, "online_read_values", None)
     if read_values is not None:
-        return read_values(plan.config, read.view, keys, read.features)
+        return read_values(plan.config, read.view, read.join_key, entity_ids, read.features)
+    keys = [_entity_key(read.join_key, entity_id) for entity_id in entity_ids]
     # A fresh list: Feast's Redis store appends its timestamp field to the list it is given.
     rows = plan.online_store.online_read(plan.config, read.view, keys, list(read.features))
     return [(stamp, None if values is None else proto_values(values, read.features)) for stamp, values in rows]

@@ -73,41 +73,46 @@ class LooplineSqliteOnlineStore(SqliteOnlineStore):
         self,
         config: RepoConfig,
         table: FeatureView,
-        entity_keys: list[EntityKeyProto],
+        join_key: str,
+        entity_ids: Sequence[str],
         requested_features: Sequence[str],
     ) -> list[tuple[datetime | None, tuple | None]]:
-        """``online_read`` with the values decoded: per key, its event time and the Python value of
-        each of ``requested_features`` in that order (None where absent or null); ``(None, None)``
-        for a key without rows. The tuples are shared between calls: read them, do not change them.
+        """``online_read`` of string entities given by id, with the values decoded: per id, its event
+        time and the Python value of each of ``requested_features`` in that order (None where absent
+        or null); ``(None, None)`` for an id without rows. The tuples are shared between calls: read
+        them, do not change them.
 
         The serving path (``loopline.features.online``) reads through this. Rows already read are
-        kept per connection and answered from memory while SQLite's ``PRAGMA data_version`` says
-        no other connection has committed since (a materialization, a re-apply); writes through
-        this store object drop them too. So the answer is always what the table holds now, and
-        the same items' ~1,100 rows are not fetched and decoded again for every request.
+        kept per connection, by entity id, and answered from memory while SQLite's
+        ``PRAGMA data_version`` says no other connection has committed since (a materialization, a
+        re-apply); writes through this store object drop them too. So the answer is always what the
+        table holds now, and the same items' ~1,100 rows are not fetched and decoded again for every
+        request (nor their keys built: Feast's key of an entity costs more than finding its row here).
         """
         from loopline.features import proto_values
 
-        if not entity_keys:
+        if not entity_ids:
             return []
-        version = config.entity_key_serialization_version
-        keys = [_serialized_key(key.SerializeToString(), version) for key in entity_keys]
         name = _quote_id(_table_id(config.project, table, config.registry.enable_online_feature_view_versioning))
         features = tuple(requested_features)
         conn = self._get_conn(config)
-        cache = self._read_cache(conn).setdefault((name, features), {})
-        missing = {key: proto for key, proto in zip(keys, entity_keys, strict=True) if key not in cache}
+        cache = self._read_cache(conn).setdefault((name, join_key, features), {})
+        missing = [entity_id for entity_id in dict.fromkeys(entity_ids) if entity_id not in cache]
         if not missing:
-            return [cache[key] for key in keys]
-        rows = self.online_read(config, table, list(missing.values()), features)
+            return [cache[entity_id] for entity_id in entity_ids]
+        protos = [
+            EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=entity_id)])
+            for entity_id in missing
+        ]
+        rows = self.online_read(config, table, protos, features)
         fetched = {
-            key: (stamp, None if values is None else tuple(proto_values(values, features)))
-            for key, (stamp, values) in zip(missing, rows, strict=True)
+            entity_id: (stamp, None if values is None else tuple(proto_values(values, features)))
+            for entity_id, (stamp, values) in zip(missing, rows, strict=True)
         }
         if len(cache) + len(fetched) > MAX_CACHED_ENTITIES:
             cache.clear()
         cache.update(fetched)
-        return [fetched[key] if key in fetched else cache[key] for key in keys]
+        return [fetched[entity_id] if entity_id in fetched else cache[entity_id] for entity_id in entity_ids]
 
     def _read_cache(self, conn: sqlite3.Connection) -> dict:
         """This connection's cached rows, emptied when another connection has committed since."""

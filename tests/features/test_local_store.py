@@ -224,9 +224,9 @@ def test_online_reports_missing_entities_and_reads_once(local_env: Env, monkeypa
     online_store = local_env.store._get_provider().online_store
     original = online_store.online_read_values  # the SQLite store's read that online() uses
 
-    def counted_read(config, table, entity_keys, requested_features):
-        calls.append((table.name, len(entity_keys)))
-        return original(config, table, entity_keys, requested_features)
+    def counted_read(config, table, join_key, entity_ids, requested_features):
+        calls.append((table.name, len(entity_ids)))
+        return original(config, table, join_key, entity_ids, requested_features)
 
     monkeypatch.setattr(online_store, "online_read_values", counted_read)
     result = features.online(

@@ -15,6 +15,7 @@ from loopline.serving.ranker import (
     MAX_CANDIDATES,
     MAX_K,
     PAGES,
+    PRUNE_EVERY_MAX,
     FeedbackRequest,
     RankContext,
     RankRequest,
@@ -150,6 +151,16 @@ def test_sqlite_index_is_shared_between_processes_and_bounded(tmp_path):
     writer.add("r-last", served)
     assert len(reader) <= 20 + 2  # pruned every capacity // 10 additions
     assert reader.get("r-first") is None and reader.get("r-last") == served
+
+
+def test_a_large_shared_index_is_pruned_in_small_steps(tmp_path):
+    """However large the capacity, one prune deletes at most PRUNE_EVERY_MAX rows (a short stall)."""
+    served = ServedRequest("u", "loopline-ctr/1", "champion", "home", "unknown", None, {"i": (1, 0.0)})
+    index = SqliteRequestIndex(tmp_path / "served.db", capacity=6_000)  # capacity // 10 = 600 > 500
+    for number in range(6_000 + PRUNE_EVERY_MAX):
+        index.add(f"r-{number}", served)
+    assert len(index) == 6_000  # pruned after 6,500 additions, not only after 6,600
+    assert index.get("r-499") is None and index.get("r-500") == served
 
 
 def test_the_ranker_keeps_the_index_it_is_given_even_when_empty(tmp_path):
