@@ -4,8 +4,10 @@ Feast 0.67's ``SqliteOnlineStore.online_read`` sorts the rows, groups them with 
 converts every row's timestamp through a registered ``sqlite3`` converter; for one user and 100
 items (about 1,100 rows) that is half of a lookup's CPU time and keeps the p99 above 10 ms. This
 subclass reads the same table with one query, skips the per-row conversions (the stored integer is
-turned into the same datetime once per entity), and only parses the requested features. Writes,
-table management and the on-disk layout are Feast's, unchanged. Configure it with
+turned into the same datetime once per entity), and only parses the requested features. For
+``loopline.features.online`` it keeps decoded rows between lookups until SQLite's ``PRAGMA
+data_version`` moves (``loopline.features.row_memory``). Writes, table management and the on-disk
+layout are Feast's, unchanged. Configure it with
 ``online_store: {type: loopline.features.sqlite_store.LooplineSqliteOnlineStore, path: ...}``
 (Feast resolves a dotted type to this class and its ``...Config``).
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
@@ -26,9 +27,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
 
+from loopline.features.row_memory import RowMemory
+
 STORE_TYPE = "loopline.features.sqlite_store.LooplineSqliteOnlineStore"
-# Entities whose decoded rows one connection keeps (per view and feature list; then it starts over).
-MAX_CACHED_ENTITIES = 200_000
 
 
 class LooplineSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
@@ -37,7 +38,7 @@ class LooplineSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
     type: Literal["loopline.features.sqlite_store.LooplineSqliteOnlineStore"] = STORE_TYPE
 
 
-class LooplineSqliteOnlineStore(SqliteOnlineStore):
+class LooplineSqliteOnlineStore(RowMemory, SqliteOnlineStore):
     """``SqliteOnlineStore`` whose ``online_read`` returns the same values with less work per row."""
 
     def online_read(
@@ -69,60 +70,13 @@ class LooplineSqliteOnlineStore(SqliteOnlineStore):
                 entry[1][feature] = parse(value)
         return [_entry(found.get(key)) for key in keys]
 
-    def online_read_values(
-        self,
-        config: RepoConfig,
-        table: FeatureView,
-        join_key: str,
-        entity_ids: Sequence[str],
-        requested_features: Sequence[str],
-    ) -> list[tuple[datetime | None, tuple | None]]:
-        """``online_read`` of string entities given by id, with the values decoded: per id, its event
-        time and the Python value of each of ``requested_features`` in that order (None where absent
-        or null); ``(None, None)`` for an id without rows. The tuples are shared between calls: read
-        them, do not change them.
-
-        The serving path (``loopline.features.online``) reads through this. Rows already read are
-        kept per connection, by entity id, and answered from memory while SQLite's
-        ``PRAGMA data_version`` says no other connection has committed since (a materialization, a
-        re-apply); writes through this store object drop them too. So the answer is always what the
-        table holds now, and the same items' ~1,100 rows are not fetched and decoded again for every
-        request (nor their keys built: Feast's key of an entity costs more than finding its row here).
-        """
-        from loopline.features import proto_values
-
-        if not entity_ids:
-            return []
-        name = _quote_id(_table_id(config.project, table, config.registry.enable_online_feature_view_versioning))
-        features = tuple(requested_features)
+    def _memory_generation(self, config: RepoConfig) -> tuple[sqlite3.Connection, int]:
+        """This connection and SQLite's ``PRAGMA data_version``, which moves whenever another connection
+        (a materialization, a re-apply, another process) has committed."""
         conn = self._get_conn(config)
-        cache = self._read_cache(conn).setdefault((name, join_key, features), {})
-        missing = [entity_id for entity_id in dict.fromkeys(entity_ids) if entity_id not in cache]
-        if not missing:
-            return [cache[entity_id] for entity_id in entity_ids]
-        protos = [
-            EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=entity_id)])
-            for entity_id in missing
-        ]
-        rows = self.online_read(config, table, protos, features)
-        fetched = {
-            entity_id: (stamp, None if values is None else tuple(proto_values(values, features)))
-            for entity_id, (stamp, values) in zip(missing, rows, strict=True)
-        }
-        if len(cache) + len(fetched) > MAX_CACHED_ENTITIES:
-            cache.clear()
-        cache.update(fetched)
-        return [fetched[entity_id] if entity_id in fetched else cache[entity_id] for entity_id in entity_ids]
+        return conn, conn.execute("PRAGMA data_version").fetchone()[0]
 
-    def _read_cache(self, conn: sqlite3.Connection) -> dict:
-        """This connection's cached rows, emptied when another connection has committed since."""
-        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-        with self._cache_lock:
-            state = self._cache_state
-            if state is None or state[0] is not conn or state[1] != data_version:
-                state = self._cache_state = (conn, data_version, {})
-            return state[2]
-
+    # Writes through this connection do not move its data_version: drop the kept rows.
     def online_write_batch(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - Feast's signature
         try:
             return super().online_write_batch(*args, **kwargs)
@@ -140,17 +94,6 @@ class LooplineSqliteOnlineStore(SqliteOnlineStore):
             return super().teardown(*args, **kwargs)
         finally:
             self._forget_reads()
-
-    def _forget_reads(self) -> None:
-        """Writes through this connection do not change its data_version: drop the cached rows."""
-        with self._cache_lock:
-            self._cache_state = None
-
-    @functools.cached_property
-    def _cache_lock(self) -> threading.Lock:
-        return threading.Lock()
-
-    _cache_state: tuple[sqlite3.Connection, int, dict] | None = None
 
 
 def _marks(values: Sequence[object]) -> str:

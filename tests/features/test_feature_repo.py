@@ -112,12 +112,15 @@ def test_stack_config_takes_servers_and_secrets_from_settings(monkeypatch: pytes
     raw = yaml.safe_load(features.render_config())
     assert raw["registry"]["registry_type"] == "sql"
     assert raw["registry"]["path"] == "postgresql+psycopg://feast:s3cr%22et@db.internal:5433/meta"
-    assert raw["online_store"] == {"type": "redis", "connection_string": "cache.internal:6380,db=3,password=redispw"}
+    assert raw["online_store"] == {
+        "type": "loopline.features.redis_store.LooplineRedisOnlineStore",
+        "connection_string": "cache.internal:6380,db=3,password=redispw",
+    }
     offline = raw["offline_store"]
     assert offline["type"] == "postgres"
     assert (offline["host"], offline["port"], offline["database"]) == ("wh.internal", 5432, "warehouse")
     assert (offline["user"], offline["password"], offline["sslmode"]) == ("dbt", "pw", "disable")
-    assert features.repo_config().online_store.type == "redis"
+    assert features.repo_config().online_store.type == "loopline.features.redis_store.LooplineRedisOnlineStore"
 
 
 def test_stack_profile_needs_a_postgres_warehouse(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -134,5 +134,5 @@ def test_online_equals_feast_on_redis(stack_settings: str) -> None:
     today = datetime.now(UTC).date()
     marts, fresh_day, stale_day = mixed_age_marts(today)
     env = build_env(marts)
-    assert env.store.config.online_store.type == "redis"
+    assert env.store.config.online_store.type == "loopline.features.redis_store.LooplineRedisOnlineStore"
     check_online_equals_feast(env, today, fresh_day, stale_day)

@@ -7,6 +7,7 @@ are deleted afterwards, see conftest.stack_settings).
 from __future__ import annotations
 
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -26,19 +27,25 @@ from feature_marts import (
     replace_user_snapshot,
     same,
     standard_marts,
+    write_marts,
 )
 
 from loopline import features
+from loopline.features.redis_store import GENERATION_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 
 def redis_dump(project: str) -> dict[bytes, dict[bytes, bytes]]:
-    """Every hash of a Feast project in Redis, keyed by entity key without the project suffix."""
+    """Every hash of a Feast project in Redis, keyed by entity key without the project suffix (not the
+    row memory's generation counter, which each write moves)."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
         suffix = project.encode()
-        keys = [key for key in client.scan_iter(match=b"*" + suffix, count=1000) if key.endswith(suffix)]
+        counter = GENERATION_KEY.format(project=project).encode()
+        keys = [
+            key for key in client.scan_iter(match=b"*" + suffix, count=1000) if key.endswith(suffix) and key != counter
+        ]
         return {key[: -len(suffix)]: client.hgetall(key) for key in keys}
     finally:
         client.close()
@@ -46,7 +53,10 @@ def redis_dump(project: str) -> dict[bytes, dict[bytes, bytes]]:
 
 def test_stack_plan_apply_plan_is_clean(stack_settings: str) -> None:
     store = features.feature_store()
-    assert store.config.registry.registry_type == "sql" and store.config.online_store.type == "redis"
+    assert (
+        store.config.registry.registry_type == "sql"
+        and store.config.online_store.type == "loopline.features.redis_store.LooplineRedisOnlineStore"
+    )
     assert store.config.offline_store.type == "postgres"
     first = features.plan(store)
     assert ("FEATURE_SERVICE", "ctr_ranker_v1", "CREATE") in first.changes
@@ -102,3 +112,47 @@ def test_stack_training_is_point_in_time_and_online_equals_offline(stack_setting
 
 def test_stack_training_set_equals_a_point_in_time_oracle(stack_settings: str) -> None:
     check_training_set_against_the_oracle()  # the PostgreSQL offline store's joins, same expectations
+
+
+def test_online_on_redis_answers_what_redis_holds_after_every_write(stack_env: Env) -> None:
+    """The Redis store keeps rows it has read while the project's generation counter is unchanged: a
+    materialization through another store object (as another process) or through the same one moves
+    it, and the very next lookup reads Redis again. With key_ttl_seconds nothing is kept."""
+    store, marts = stack_env.store, stack_env.marts
+    online_store = store._get_provider().online_store
+    end = DAYS[-1] + timedelta(days=1)
+    features.materialize_interval(DAY_1, end, store=store)
+    first = features.online(USERS[0], list(ITEMS), store=store)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        counter = GENERATION_KEY.format(project=stack_env.project)
+        commands_before = client.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0)
+        again = features.online(USERS[0], list(ITEMS), store=store)
+        assert again.columns == first.columns
+        assert client.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0) == commands_before  # memory
+        generation = client.get(counter)
+
+        marts.add_user(USERS[0], end, ctr_28d=0.987)
+        marts.add_item(ITEMS[0], end, ctr_28d=0.654)
+        write_marts(stack_env.warehouse_uri, marts)
+        other = features.feature_store()  # its own online-store object, as another process has
+        assert other._get_provider().online_store is not online_store
+        features.materialize_interval(end, end + timedelta(days=1), store=other)
+        assert client.get(counter) != generation
+        after = features.online(USERS[0], list(ITEMS), store=store)
+        assert after.columns["user_ctr_28d"] == [0.987] * len(ITEMS)
+        assert after.columns["item_ctr_28d"][0] == 0.654
+        assert after.columns["item_ctr_28d"][1:] == first.columns["item_ctr_28d"][1:]
+
+        later = end + timedelta(days=1)
+        marts.add_item(ITEMS[1], later, ctr_28d=0.321)
+        write_marts(stack_env.warehouse_uri, marts)
+        features.materialize_interval(later, later + timedelta(days=1), store=store)  # this store object
+        assert features.online(USERS[0], list(ITEMS), store=store).columns["item_ctr_28d"][:2] == [0.654, 0.321]
+
+        expiring = store.config.online_store.model_copy(update={"key_ttl_seconds": 3600})
+        config = SimpleNamespace(project=stack_env.project, online_store=expiring)
+        assert online_store._memory_generation(config) is None  # rows may expire without a write
+        assert online_store._memory_generation(store.config) == client.get(counter)
+    finally:
+        client.close()
