@@ -235,9 +235,10 @@ class SqliteRequestIndex:
 
     With several ``bentoml serve`` workers, feedback may reach another worker than the one that
     served the list; all of them read and write this file (WAL mode, one connection per thread). It
-    keeps the last ``capacity`` requests, pruned every ``capacity // 10`` additions but at least every
-    ``PRUNE_EVERY_MAX`` (one prune of 5,000 rows stalled its request ~20 ms; of 500, ~3 ms). It is a cache,
-    not a record: durability is off, and the file can be deleted when the service is stopped.
+    keeps the last ``capacity`` requests, pruned every ``capacity // 10`` additions or every
+    ``PRUNE_EVERY_MAX`` if that is fewer (one prune of 5,000 rows stalled its request ~20 ms; of 500,
+    ~3 ms). It is a cache, not a record: durability is off, and the file can be deleted when the
+    service is stopped.
     """
 
     def __init__(self, path: str | Path, capacity: int = DEFAULT_INDEX_REQUESTS):
