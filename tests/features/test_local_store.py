@@ -254,6 +254,21 @@ def test_online_reports_missing_entities_and_reads_once(local_env: Env, monkeypa
         features.online(USERS[0], [], store=local_env.store)
 
 
+def test_online_reads_stores_without_a_row_memory_through_feasts_online_read(
+    local_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another online store class (no ``online_read_values``) is read through Feast's ``online_read``
+    with entity key protos: the same answer, missing entities included."""
+    features.materialize_interval(DAY_1, DAYS[-1] + timedelta(days=1), store=local_env.store)
+    items = [ITEMS[1], "unknown-item", ITEMS[0], ITEMS[1]]
+    remembered = features.online(USERS[0], items, store=local_env.store)
+    monkeypatch.setattr(local_env.store._get_provider().online_store, "online_read_values", None)
+    through_feast = features.online(USERS[0], items, store=local_env.store)
+    assert through_feast.columns == remembered.columns
+    assert through_feast.missing_items == remembered.missing_items == ["unknown-item"]
+    assert features.online("ghost", items, store=local_env.store).missing_users == ["ghost"]
+
+
 def test_online_answers_what_the_table_holds_after_every_write(local_env: Env) -> None:
     """The SQLite store keeps rows it has read while ``PRAGMA data_version`` says nothing changed: a
     materialization through another connection (another process's store), or through the same
