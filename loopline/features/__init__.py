@@ -1033,15 +1033,14 @@ def _read_values(
 ) -> list[tuple[datetime | None, Sequence | None]]:
     """One view's rows for ``entity_ids``: event time and the Python values of ``read.features`` in order.
 
-    Through the store's ``online_read_values`` where it has one (our SQLite store: decoded values
-    are remembered), else Feast's ``online_read`` of the entity keys and the protos decoded here."""
+    Through the store's ``online_read_values`` where it has one (our SQLite and Redis stores: decoded
+    values are remembered), else the store's ``online_read``, decoded (``row_memory.read_rows``)."""
     read_values = getattr(plan.online_store, "online_read_values", None)
     if read_values is not None:
         return read_values(plan.config, read.view, read.join_key, entity_ids, read.features)
-    keys = [_entity_key(read.join_key, entity_id) for entity_id in entity_ids]
-    # A fresh list: Feast's Redis store appends its timestamp field to the list it is given.
-    rows = plan.online_store.online_read(plan.config, read.view, keys, list(read.features))
-    return [(stamp, None if values is None else proto_values(values, read.features)) for stamp, values in rows]
+    from loopline.features.row_memory import read_rows
+
+    return read_rows(plan.online_store, plan.config, read.view, read.join_key, entity_ids, read.features)
 
 
 def proto_values(values: Mapping[str, Any] | None, names: Sequence[str]) -> list[Any]:

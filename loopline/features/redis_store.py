@@ -44,48 +44,31 @@ class LooplineRedisOnlineStore(RowMemory, RedisOnlineStore):
         generation = self._get_client(config.online_store).get(_generation_key(config))
         return generation if generation is not None else b"0"
 
-    def _changed(self, config: RepoConfig) -> None:
-        """After a write: move the generation (every process's kept rows) and drop this object's."""
+    def _after_write(self, config: RepoConfig) -> None:
+        """Move the generation (every process's kept rows), then drop this object's."""
         try:
             self._get_client(config.online_store).incr(_generation_key(config))
         finally:
             self._forget_reads()
 
-    def online_write_batch(self, config, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201 - Feast's
-        try:
-            return super().online_write_batch(config, *args, **kwargs)
-        finally:
-            self._changed(config)
-
+    # Redis's other writes (RowMemory wraps online_write_batch, update and teardown).
     async def online_write_batch_async(self, config, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
         try:
             return await super().online_write_batch_async(config, *args, **kwargs)
         finally:
-            self._changed(config)
-
-    def update(self, config, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
-        try:
-            return super().update(config, *args, **kwargs)
-        finally:
-            self._changed(config)
-
-    def teardown(self, config, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
-        try:
-            return super().teardown(config, *args, **kwargs)
-        finally:
-            self._changed(config)
+            self._after_write(config)
 
     def delete_table(self, config, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
         try:
             return super().delete_table(config, *args, **kwargs)
         finally:
-            self._changed(config)
+            self._after_write(config)
 
     def delete_entity_values(self, config, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
         try:
             return super().delete_entity_values(config, *args, **kwargs)
         finally:
-            self._changed(config)
+            self._after_write(config)
 
 
 def _generation_key(config: RepoConfig) -> str:

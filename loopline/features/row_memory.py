@@ -6,7 +6,8 @@ every row read kept (per view, join key and feature list) while the store's *gen
 same. A subclass says what the generation is (``_memory_generation``): something that changes
 whenever another writer may have changed the rows, read before the rows are read, so a write that
 lands between the two only makes the next lookup read again. Writes through the same store object
-call ``_forget_reads`` (the class wraps Feast's write methods). So every answer is what the store
+drop the kept rows (``_after_write``: the mixin wraps ``online_write_batch``, ``update`` and
+``teardown``; a store with other writes wraps those too). So every answer is what the store
 holds at that moment, while a serving process stops fetching and decoding the same items' rows
 (and building their Feast entity keys) on every request.
 
@@ -25,8 +26,6 @@ from datetime import datetime
 from typing import Any
 
 from feast import FeatureView
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
 
 # Entities whose decoded rows are kept per view and feature list (then that memory starts over).
@@ -59,40 +58,39 @@ class RowMemory:
         features = tuple(requested_features)
         memory = self._memory(config)
         if memory is None:
-            return self._fetch_values(config, table, join_key, list(dict.fromkeys(entity_ids)), features, entity_ids)
+            return read_rows(self, config, table, join_key, entity_ids, features)
         cache = memory.setdefault((config.project, table.name, join_key, features), {})
         missing = [entity_id for entity_id in dict.fromkeys(entity_ids) if entity_id not in cache]
         if not missing:
             return [cache[entity_id] for entity_id in entity_ids]
-        fetched = self._fetch_values(config, table, join_key, missing, features)
+        fetched = dict(zip(missing, read_rows(self, config, table, join_key, missing, features), strict=True))
         if len(cache) + len(fetched) > MAX_CACHED_ENTITIES:
             cache.clear()
         cache.update(fetched)
         return [fetched[entity_id] if entity_id in fetched else cache[entity_id] for entity_id in entity_ids]
 
-    def _fetch_values(
-        self,
-        config: RepoConfig,
-        table: FeatureView,
-        join_key: str,
-        distinct: list[str],
-        features: tuple[str, ...],
-        order: Sequence[str] | None = None,
-    ) -> Any:
-        """Read ``distinct`` ids through the store's ``online_read``: {id: row}, or rows in ``order``."""
-        from loopline.features import proto_values
+    # The writes every online store has: each drops this object's rows (``_after_write``) even if it fails.
+    def online_write_batch(self, config, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201 - Feast's
+        try:
+            return super().online_write_batch(config, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._after_write(config)
 
-        protos = [
-            EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=entity_id)])
-            for entity_id in distinct
-        ]
-        # A fresh list: Feast's Redis store appends its timestamp field to the list it is given.
-        rows = self.online_read(config, table, protos, list(features))  # type: ignore[attr-defined]
-        fetched = {
-            entity_id: (stamp, None if values is None else tuple(proto_values(values, features)))
-            for entity_id, (stamp, values) in zip(distinct, rows, strict=True)
-        }
-        return fetched if order is None else [fetched[entity_id] for entity_id in order]
+    def update(self, config, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        try:
+            return super().update(config, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._after_write(config)
+
+    def teardown(self, config, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        try:
+            return super().teardown(config, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._after_write(config)
+
+    def _after_write(self, config: RepoConfig) -> None:  # noqa: ARG002 - a subclass may need it
+        """After a write through this store object: drop its kept rows (a subclass may do more)."""
+        self._forget_reads()
 
     def _memory(self, config: RepoConfig) -> dict | None:
         """The rows kept for the current generation (emptied when it moved); None: keep nothing."""
@@ -115,3 +113,20 @@ class RowMemory:
         return threading.Lock()
 
     _memory_state: tuple[Hashable, dict] | None = None
+
+
+def read_rows(
+    online_store: Any,
+    config: RepoConfig,
+    table: FeatureView,
+    join_key: str,
+    entity_ids: Sequence[str],
+    features: Sequence[str],
+) -> list[Row]:
+    """``online_store.online_read`` of string entities given by id, decoded: one row per id, in order."""
+    from loopline.features import _entity_key, proto_values
+
+    keys = [_entity_key(join_key, entity_id) for entity_id in entity_ids]
+    # A fresh list: Feast's Redis store appends its timestamp field to the list it is given.
+    rows = online_store.online_read(config, table, keys, list(features))
+    return [(stamp, None if values is None else tuple(proto_values(values, features))) for stamp, values in rows]

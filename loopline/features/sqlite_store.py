@@ -72,28 +72,10 @@ class LooplineSqliteOnlineStore(RowMemory, SqliteOnlineStore):
 
     def _memory_generation(self, config: RepoConfig) -> tuple[sqlite3.Connection, int]:
         """This connection and SQLite's ``PRAGMA data_version``, which moves whenever another connection
-        (a materialization, a re-apply, another process) has committed."""
+        (a materialization, a re-apply, another process) has committed; writes through this
+        connection do not move it, and ``RowMemory``'s write methods drop the kept rows instead."""
         conn = self._get_conn(config)
         return conn, conn.execute("PRAGMA data_version").fetchone()[0]
-
-    # Writes through this connection do not move its data_version: drop the kept rows.
-    def online_write_batch(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - Feast's signature
-        try:
-            return super().online_write_batch(*args, **kwargs)
-        finally:
-            self._forget_reads()
-
-    def update(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
-        try:
-            return super().update(*args, **kwargs)
-        finally:
-            self._forget_reads()
-
-    def teardown(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
-        try:
-            return super().teardown(*args, **kwargs)
-        finally:
-            self._forget_reads()
 
 
 def _marks(values: Sequence[object]) -> str:

@@ -176,6 +176,19 @@ def write_marts(uri: str, marts: Marts) -> None:
                 warehouse.load_arrow(table.name, _arrow(table, rows))
 
 
+def materialize_ctr_changes(
+    env: Env, store: Any, day: date, *, users: dict[str, float] | None = None, items: dict[str, float] | None = None
+) -> None:
+    """New snapshots on ``day`` with the given ``ctr_28d`` per user and per item, written to the marts
+    and materialized for that day through ``store`` (how the row-memory tests change the online store)."""
+    for user_id, ctr in (users or {}).items():
+        env.marts.add_user(user_id, day, ctr_28d=ctr)
+    for item_id, ctr in (items or {}).items():
+        env.marts.add_item(item_id, day, ctr_28d=ctr)
+    write_marts(env.warehouse_uri, env.marts)
+    features.materialize_interval(day, day + timedelta(days=1), store=store)
+
+
 def replace_user_snapshot(uri: str, user_id: str, day: date, **values: Any) -> None:
     """Change columns of one user snapshot in place (a late correction of that day)."""
     assignments = ", ".join(f"{name} = ?" for name in values)

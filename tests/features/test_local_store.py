@@ -26,6 +26,7 @@ from feature_marts import (
     check_training_set_against_the_oracle,
     feature_at,
     latest,
+    materialize_ctr_changes,
     replace_user_snapshot,
     same,
     standard_marts,
@@ -273,27 +274,22 @@ def test_online_answers_what_the_table_holds_after_every_write(local_env: Env) -
     """The SQLite store keeps rows it has read while ``PRAGMA data_version`` says nothing changed: a
     materialization through another connection (another process's store), or through the same
     store object, is seen by the very next lookup."""
-    store, marts = local_env.store, local_env.marts
+    store = local_env.store
     end = DAYS[-1] + timedelta(days=1)
     features.materialize_interval(DAY_1, end, store=store)
     first = features.online(USERS[0], list(ITEMS), store=store)
     assert features.online(USERS[0], list(ITEMS), store=store).columns == first.columns  # from memory
 
-    marts.add_user(USERS[0], end, ctr_28d=0.987)
-    marts.add_item(ITEMS[0], end, ctr_28d=0.654)
-    write_marts(local_env.warehouse_uri, marts)
     other = features.feature_store()  # its own online-store object, so its own SQLite connection
     assert other._get_provider().online_store is not store._get_provider().online_store
-    features.materialize_interval(end, end + timedelta(days=1), store=other)
+    materialize_ctr_changes(local_env, other, end, users={USERS[0]: 0.987}, items={ITEMS[0]: 0.654})
     after = features.online(USERS[0], list(ITEMS), store=store)
     assert after.columns["user_ctr_28d"] == [0.987] * len(ITEMS)
     assert after.columns["item_ctr_28d"][0] == 0.654
     assert after.columns["item_ctr_28d"][1:] == first.columns["item_ctr_28d"][1:]
 
     later = end + timedelta(days=1)
-    marts.add_item(ITEMS[1], later, ctr_28d=0.321)
-    write_marts(local_env.warehouse_uri, marts)
-    features.materialize_interval(later, later + timedelta(days=1), store=store)  # this connection
+    materialize_ctr_changes(local_env, store, later, items={ITEMS[1]: 0.321})  # this connection
     assert features.online(USERS[0], list(ITEMS), store=store).columns["item_ctr_28d"][:2] == [0.654, 0.321]
 
 

@@ -24,10 +24,10 @@ from feature_marts import (
     build_env,
     check_training_set_against_the_oracle,
     latest,
+    materialize_ctr_changes,
     replace_user_snapshot,
     same,
     standard_marts,
-    write_marts,
 )
 
 from loopline import features
@@ -118,7 +118,7 @@ def test_online_on_redis_answers_what_redis_holds_after_every_write(stack_env: E
     """The Redis store keeps rows it has read while the project's generation counter is unchanged: a
     materialization through another store object (as another process) or through the same one moves
     it, and the very next lookup reads Redis again. With key_ttl_seconds nothing is kept."""
-    store, marts = stack_env.store, stack_env.marts
+    store = stack_env.store
     online_store = store._get_provider().online_store
     end = DAYS[-1] + timedelta(days=1)
     features.materialize_interval(DAY_1, end, store=store)
@@ -132,12 +132,9 @@ def test_online_on_redis_answers_what_redis_holds_after_every_write(stack_env: E
         assert client.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0) == commands_before  # memory
         generation = client.get(counter)
 
-        marts.add_user(USERS[0], end, ctr_28d=0.987)
-        marts.add_item(ITEMS[0], end, ctr_28d=0.654)
-        write_marts(stack_env.warehouse_uri, marts)
         other = features.feature_store()  # its own online-store object, as another process has
         assert other._get_provider().online_store is not online_store
-        features.materialize_interval(end, end + timedelta(days=1), store=other)
+        materialize_ctr_changes(stack_env, other, end, users={USERS[0]: 0.987}, items={ITEMS[0]: 0.654})
         assert client.get(counter) != generation
         after = features.online(USERS[0], list(ITEMS), store=store)
         assert after.columns["user_ctr_28d"] == [0.987] * len(ITEMS)
@@ -145,9 +142,7 @@ def test_online_on_redis_answers_what_redis_holds_after_every_write(stack_env: E
         assert after.columns["item_ctr_28d"][1:] == first.columns["item_ctr_28d"][1:]
 
         later = end + timedelta(days=1)
-        marts.add_item(ITEMS[1], later, ctr_28d=0.321)
-        write_marts(stack_env.warehouse_uri, marts)
-        features.materialize_interval(later, later + timedelta(days=1), store=store)  # this store object
+        materialize_ctr_changes(stack_env, store, later, items={ITEMS[1]: 0.321})  # this store object
         assert features.online(USERS[0], list(ITEMS), store=store).columns["item_ctr_28d"][:2] == [0.654, 0.321]
 
         expiring = store.config.online_store.model_copy(update={"key_ttl_seconds": 3600})
