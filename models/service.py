@@ -31,8 +31,14 @@ from loopline.serving.runtime import RankingRuntime, ServingConfig
 LOG = logging.getLogger("loopline.serving.service")
 MODEL_TAG = os.environ.get("LOOPLINE_SERVING_MODEL") or f"{BENTO_MODEL_NAME}:latest"
 WORKERS = int(os.environ.get("LOOPLINE_SERVING_WORKERS", "1"))
-TRACE_HOT_PATHS = os.environ.get("LOOPLINE_SERVING_TRACE", "").lower() in ("1", "true", "yes")
-ACCESS_LOG_HOT_PATHS = os.environ.get("LOOPLINE_SERVING_ACCESS_LOG", "").lower() in ("1", "true", "yes")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+TRACE_HOT_PATHS = _env_flag("LOOPLINE_SERVING_TRACE")
+ACCESS_LOG_HOT_PATHS = _env_flag("LOOPLINE_SERVING_ACCESS_LOG")
 HOT_PATHS = ["/rank", "/feedback"]
 
 

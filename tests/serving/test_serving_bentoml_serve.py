@@ -56,6 +56,11 @@ def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-4000:] if log.exists() else ""
 
 
+def _access_lines(log: Path) -> list[str]:
+    """BentoML's access log lines in the server's output."""
+    return [line for line in log.read_text(errors="replace").splitlines() if "(scheme=http,method=" in line]
+
+
 @contextlib.contextmanager
 def serving(served, tmp_path: Path, **extra_env: str):
     """``bentoml serve`` of the service with the packaged model = the world's challenger, ready."""
@@ -174,7 +179,7 @@ def test_bentoml_serve_ranks_swaps_reports_metrics_and_flushes_on_stop(server, s
     process.send_signal(signal.SIGTERM)
     process.wait(60)
     # BentoML's access log skips the hot paths by default (LOOPLINE_SERVING_ACCESS_LOG), not the others.
-    access = [line for line in log.read_text(errors="replace").splitlines() if "(scheme=http,method=" in line]
+    access = _access_lines(log)
     assert any("path=/metrics" in line for line in access), _tail(log)
     assert not any("path=/rank" in line or "path=/feedback" in line for line in access), access[:5]
     store = LogStore.from_uri(served.log_uri)
@@ -213,6 +218,6 @@ def test_two_workers_share_the_feedback_index(served, tmp_path):
     producers = {obj.producer for day in served.log_dir.glob("dt=*")
                  for obj in store.list(datetime.strptime(day.name[3:], "%Y-%m-%d").date())}  # fmt: skip
     assert len(producers) == 2, (producers, workers_seen)  # both workers served and logged
-    access = [line for line in log.read_text(errors="replace").splitlines() if "(scheme=http,method=" in line]
+    access = _access_lines(log)
     assert sum("path=/rank" in line for line in access) == 24, _tail(log)  # asked for: hot paths logged too
     assert sum("path=/feedback" in line for line in access) == 24
